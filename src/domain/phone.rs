@@ -1,0 +1,219 @@
+//! Phone numbers, normalised to E.164 with a maintained library (libphonenumber's metadata).
+
+use std::fmt;
+use std::str::FromStr;
+
+use phonenumber::country;
+use serde::{Deserialize, Serialize};
+
+/// A phone number in E.164 form (`+16129782029`). Only constructed from a number that
+/// libphonenumber parses and finds valid, so every `Phone` in the system is comparable by string.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Phone(String);
+
+/// The region used for numbers written without a country code (`DEFAULT_REGION`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region(country::Id);
+
+impl Default for Region {
+    fn default() -> Self {
+        Region(country::Id::US)
+    }
+}
+
+impl FromStr for Region {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        country::Id::from_str(&s.trim().to_ascii_uppercase())
+            .map(Region)
+            .map_err(|_| {
+                format!("`{s}` is not an ISO 3166-1 alpha-2 region code (e.g. US, GB, DE)")
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneError {
+    #[error("phone number is empty")]
+    Empty,
+    #[error("phone number could not be parsed")]
+    Unparsable,
+    #[error("phone number is not a valid number")]
+    Invalid,
+}
+
+impl Phone {
+    /// Parses a number written in a common human form (`+1 (612) 978-2029`, `612.978.2029`,
+    /// `0044 20 7946 0958`), using `region` when it carries no country code.
+    pub fn parse(input: &str, region: Region) -> Result<Phone, PhoneError> {
+        let trimmed = input.trim();
+        if trimmed.is_empty() {
+            return Err(PhoneError::Empty);
+        }
+        if trimmed.len() > 64 || trimmed.contains('\0') {
+            return Err(PhoneError::Unparsable);
+        }
+        let number =
+            phonenumber::parse(Some(region.0), trimmed).map_err(|_| PhoneError::Unparsable)?;
+        if !phonenumber::is_valid(&number) {
+            return Err(PhoneError::Invalid);
+        }
+        Ok(Phone(
+            number.format().mode(phonenumber::Mode::E164).to_string(),
+        ))
+    }
+
+    /// Reads a caller id as telephony systems send it. Withheld numbers (`Anonymous`,
+    /// `Restricted`, empty), SIP URIs without a number and anything else that is not a valid
+    /// phone number are an unknown caller: `None`, never an error.
+    pub fn from_caller_id(caller_id: &str, region: Region) -> Option<Phone> {
+        let mut s = caller_id.trim();
+        // SIP URIs: sip:+16129782029@trunk.example.com;user=phone
+        for scheme in ["sips:", "sip:", "tel:"] {
+            if s.len() >= scheme.len() && s[..scheme.len()].eq_ignore_ascii_case(scheme) {
+                s = &s[scheme.len()..];
+                break;
+            }
+        }
+        let s = s.split(['@', ';']).next().unwrap_or("");
+        if !s.chars().any(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        Phone::parse(s, region).ok()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Trusts a value read back from the store, where only E.164 strings are written.
+    pub fn from_stored(e164: String) -> Phone {
+        Phone(e164)
+    }
+
+    /// A form safe for logs: the country code and the last two digits.
+    pub fn masked(&self) -> String {
+        let digits = self.0.len().saturating_sub(1);
+        let tail = &self.0[self.0.len().saturating_sub(2)..];
+        format!("+…{tail} ({digits} digits)")
+    }
+}
+
+impl fmt::Display for Phone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Never prints the number itself, so a `{:?}` in a log line cannot leak it.
+impl fmt::Debug for Phone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Phone({})", self.masked())
+    }
+}
+
+impl<'de> Deserialize<'de> for Phone {
+    /// Deserialises stored E.164 values (cache entries). Input from users goes through
+    /// [`Phone::parse`] with the configured region instead.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Phone::parse(&s, Region::default()).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us() -> Region {
+        Region::default()
+    }
+
+    #[test]
+    fn human_forms_normalise_to_e164() {
+        for input in [
+            "+16129782029",
+            "+1 (612) 978-2029",
+            "(612) 978-2029",
+            "612.978.2029",
+            "612 978 2029",
+            "1-612-978-2029",
+            "  +1 612 978 2029  ",
+        ] {
+            assert_eq!(
+                Phone::parse(input, us()).map(|p| p.to_string()),
+                Ok("+16129782029".to_string()),
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn region_applies_to_national_numbers_only() {
+        let gb: Region = "gb".parse().unwrap();
+        assert_eq!(
+            Phone::parse("020 7946 0958", gb).unwrap().as_str(),
+            "+442079460958"
+        );
+        assert_eq!(
+            Phone::parse("+1 612 978 2029", gb).unwrap().as_str(),
+            "+16129782029"
+        );
+        assert!("XX".parse::<Region>().is_err());
+        assert!("".parse::<Region>().is_err());
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_number() {
+        assert_eq!(Phone::parse("", us()), Err(PhoneError::Empty));
+        assert_eq!(Phone::parse("   ", us()), Err(PhoneError::Empty));
+        assert!(Phone::parse("hello", us()).is_err());
+        assert!(Phone::parse("123", us()).is_err());
+        assert!(Phone::parse("+1 612\0978 2029", us()).is_err());
+        assert!(Phone::parse(&"9".repeat(500), us()).is_err());
+    }
+
+    #[test]
+    fn withheld_and_odd_caller_ids_are_unknown_callers() {
+        for id in [
+            "Anonymous",
+            "anonymous",
+            "Restricted",
+            "",
+            "   ",
+            "sip:anonymous@trunk.example.com",
+            "unknown",
+            "+",
+            "0",
+        ] {
+            assert_eq!(Phone::from_caller_id(id, us()), None, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn sip_uris_with_a_number_are_read() {
+        assert_eq!(
+            Phone::from_caller_id("sip:+16129782029@trunk.example.com;user=phone", us())
+                .unwrap()
+                .as_str(),
+            "+16129782029"
+        );
+        assert_eq!(
+            Phone::from_caller_id("tel:+1-612-978-2029", us())
+                .unwrap()
+                .as_str(),
+            "+16129782029"
+        );
+    }
+
+    #[test]
+    fn debug_and_masked_never_show_the_number() {
+        let p = Phone::parse("+16129782029", us()).unwrap();
+        let debug = format!("{p:?}");
+        assert!(!debug.contains("6129782029"), "{debug}");
+        assert!(!p.masked().contains("978"));
+        assert!(p.masked().ends_with("(11 digits)"));
+    }
+}
