@@ -1,0 +1,137 @@
+//! The subcommands: what `main` dispatches to.
+
+use anyhow::Context as _;
+
+use crate::config::{Command, DatabaseArgs, SeedArgs, ServeArgs};
+use crate::seed::{self, SeedOptions, SeedSample};
+use crate::startup::{shutdown_signal, Application, GeneratedSecrets};
+use crate::store::{self, DynStore};
+use crate::telemetry;
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(*args).await,
+        Command::Migrate(args) => {
+            telemetry::init(crate::config::LogFormat::Text);
+            migrate(&args).await.map(|_| ())
+        }
+        Command::Seed(args) => seed_command(args).await,
+    }
+}
+
+async fn migrate(args: &DatabaseArgs) -> anyhow::Result<DynStore> {
+    let store = store::connect(args.database_url.as_str())
+        .await
+        .with_context(|| format!("opening the database {}", args.database_url.redacted()))?;
+    store
+        .migrate()
+        .await
+        .with_context(|| format!("migrating the database {}", args.database_url.redacted()))?;
+    tracing::info!(backend = store.backend(), "migrations applied");
+    Ok(store)
+}
+
+async fn seed_command(args: SeedArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log.log_format);
+    migrate(&args.db).await?;
+    let opts = SeedOptions {
+        organizations: args.organizations,
+        leads: args.leads,
+        conversations_per_lead: args.conversations_per_lead,
+        seed: args.seed,
+    };
+    let report = seed::seed(args.db.database_url.as_str(), &opts).await?;
+    println!(
+        "seeded {} organizations, {} leads, {} conversations in {:.1} s",
+        report.organizations,
+        report.leads,
+        report.conversations,
+        report.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log.log_format);
+    let (app, generated) = Application::build(&args).await?;
+    print_generated(&generated);
+    let demo = if args.demo {
+        Some(demo_sample(app.store(), &args).await?)
+    } else {
+        None
+    };
+    let addr = app.local_addr();
+    tracing::info!(%addr, backend = app.store().backend(), "hotline is serving");
+    if let Some(sample) = demo.flatten() {
+        print_demo_curl(addr, &sample, &generated);
+    }
+    app.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Secrets generated at start are printed once, on stderr, so that the operator can use them.
+fn print_generated(generated: &GeneratedSecrets) {
+    if let Some(token) = &generated.admin_token {
+        eprintln!(
+            "ADMIN_TOKEN is not set; generated for this run: {}",
+            token.expose()
+        );
+    }
+    if let Some(secret) = &generated.webhook_secret {
+        eprintln!(
+            "WEBHOOK_SECRET is not set; generated for this run: {}",
+            secret.expose()
+        );
+    }
+}
+
+/// Seeds a small demo data set into an empty database, and picks a known caller to show.
+async fn demo_sample(store: &DynStore, args: &ServeArgs) -> anyhow::Result<Option<SeedSample>> {
+    if store.recently_active_leads(1).await?.is_empty() {
+        let opts = SeedOptions {
+            organizations: 3,
+            leads: 60,
+            conversations_per_lead: 2,
+            seed: 42,
+        };
+        let report = seed::seed(args.db.database_url.as_str(), &opts).await?;
+        eprintln!(
+            "Seeded demo data: {} organizations, {} leads, {} conversations.",
+            report.organizations, report.leads, report.conversations
+        );
+        if report.sample.is_some() {
+            return Ok(report.sample);
+        }
+    }
+    for id in store.recently_active_leads(50).await? {
+        let lead = store.lead(id).await?;
+        let Some(name) = lead.customer_name.clone() else {
+            continue;
+        };
+        let org = store.organization(lead.organization_id).await?;
+        return Ok(Some(SeedSample {
+            organization_phone: org.phone_number,
+            organization_name: org.name,
+            lead_phone: lead.phone_number,
+            customer_name: name,
+        }));
+    }
+    Ok(None)
+}
+
+fn print_demo_curl(addr: std::net::SocketAddr, sample: &SeedSample, generated: &GeneratedSecrets) {
+    let secret = generated
+        .webhook_secret
+        .as_ref()
+        .map_or_else(|| "$WEBHOOK_SECRET".to_string(), |s| s.expose().to_string());
+    let body = serde_json::json!({
+        "caller_id": sample.lead_phone.as_str(),
+        "agent_id": "agent_demo",
+        "called_number": sample.organization_phone.as_str(),
+        "call_sid": "CA00000000000000000000000000000000",
+    });
+    println!(
+        "\nDemo: {} is calling {}. Paste this to see the answer ElevenLabs would get:\n\n  curl -s -X POST http://{addr}/webhooks/elevenlabs/conversation-initiation \\\n    -H 'Authorization: Bearer {secret}' -H 'Content-Type: application/json' \\\n    -d '{body}'\n",
+        sample.customer_name, sample.organization_name,
+    );
+}

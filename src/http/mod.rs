@@ -1,0 +1,83 @@
+//! The HTTP layer: one router per module, merged here, with request logging that records the
+//! route template (never the URI, which may carry personal data).
+
+mod api;
+mod auth;
+pub mod error;
+pub mod input;
+mod monitoring;
+mod webhooks;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::config::Secret;
+use crate::domain::Region;
+use crate::lookup::Lookup;
+
+pub use error::{ApiError, Result};
+
+/// What the handlers share: cheap handles only.
+#[derive(Clone)]
+pub struct AppState {
+    pub lookup: Arc<Lookup>,
+    pub settings: Arc<Settings>,
+}
+
+/// The settings the HTTP layer needs, resolved at start (secrets generated where unset).
+#[derive(Debug)]
+pub struct Settings {
+    pub admin_token: Secret,
+    pub webhook_secret: Secret,
+    pub elevenlabs_webhook_secret: Option<Secret>,
+    pub override_first_message: bool,
+    pub default_region: Region,
+    pub webhook_deadline: Duration,
+    pub started_at: Instant,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(webhooks::router())
+        .merge(api::router())
+        .merge(monitoring::router())
+        .fallback(|| async { ApiError::NotFound })
+        // After every merge: it applies to the routes registered before it.
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(log_request))
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(ApiError::Internal(
+                "handler panicked".into(),
+            ))
+        }))
+        .with_state(state)
+}
+
+/// One log line per request: method, route template, status, latency; a 5xx carries its
+/// internal detail here, and only here.
+async fn log_request(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "<unmatched>".to_owned());
+    let method = req.method().clone();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Some(detail) = response.extensions().get::<error::InternalDetail>() {
+        tracing::error!(%method, %route, status, latency_ms, error = %detail.0, "request failed");
+    } else if route == "/healthz" {
+        tracing::debug!(%method, %route, status, latency_ms, "request");
+    } else {
+        tracing::info!(%method, %route, status, latency_ms, "request");
+    }
+    response
+}

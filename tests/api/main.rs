@@ -1,0 +1,11 @@
+//! hotline's integration tests: the real app on port 0 against real databases.
+
+mod support;
+
+mod embedded;
+mod hostile;
+mod logging;
+mod seed;
+mod store;
+mod store_api;
+mod webhooks;
