@@ -268,6 +268,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "hotline", value_parser = parse_key_prefix)]
     pub redis_key_prefix: String,
 
+    /// The bound on each Redis command on the request path; slower answers count as failures
+    /// of the circuit breaker.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value = "25", value_parser = parse_positive)]
+    pub redis_timeout_ms: u64,
+
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
 

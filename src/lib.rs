@@ -1,13 +1,17 @@
 //! hotline: a read-through cache service for voice-agent backends.
 //!
-//! Data flows one way: HTTP handler -> [`lookup`] -> store. The store knows nothing of HTTP.
+//! Data flows one way: HTTP handler -> [`lookup`] -> [`cache`] tiers -> [`store`]. Handlers
+//! never touch Redis or SQL; the store knows nothing of the cache; the cache nothing of HTTP.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
 pub mod lookup;
+pub mod postcall;
 pub mod seed;
+pub mod spool;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -1,12 +1,18 @@
-//! The lookups the HTTP layer calls, one function per cache kind, and the writes that change
-//! what they return. Handlers go through here and never reach the store directly, so that the
-//! cache wraps exactly this layer.
+//! The lookups the HTTP layer calls, one function per cache kind, read through the two-tier
+//! cache; and the writes, each of which invalidates what it changed once it has committed.
+//! Handlers go through here and never reach the store or Redis directly.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::Utc;
+use futures_util::StreamExt;
 use uuid::Uuid;
 
+use crate::cache::{
+    lead_changes, lead_derived_keys, organization_changes, Cache, CacheKey, GenKey, Hit,
+    InvalidationSource, Kind, LoadCtx, Miss, Value,
+};
 use crate::domain::{
     build_context, build_greeting, build_summary, CallOutcome, CallRecord, Channel, Conversation,
     Lead, LeadContext, LeadPatch, NewConversation, NewLead, NewOrganization, Organization,
@@ -14,39 +20,10 @@ use crate::domain::{
 };
 use crate::store::{DynStore, StoreError, StoreResult};
 
+pub use crate::cache::Source;
+
 /// How many of the newest conversations the context and summary are built from.
 const CONTEXT_CONVERSATIONS: i64 = 5;
-
-/// Where a value came from, from least to most fresh in the sense of `X-Hotline-Source`:
-/// `default` (nothing known), `stale` (past its TTL, database failing), `db`, `l2`, `l1`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Source {
-    Default,
-    Stale,
-    Db,
-    L2,
-    L1,
-}
-
-impl Source {
-    pub const ALL: [Source; 5] = [
-        Source::Default,
-        Source::Stale,
-        Source::Db,
-        Source::L2,
-        Source::L1,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Default => "default",
-            Source::Stale => "stale",
-            Source::Db => "db",
-            Source::L2 => "l2",
-            Source::L1 => "l1",
-        }
-    }
-}
 
 /// A looked-up value with where it came from.
 #[derive(Debug, Clone)]
@@ -55,77 +32,212 @@ pub struct Sourced<T> {
     pub source: Source,
 }
 
-impl<T> Sourced<T> {
-    fn db(value: T) -> Sourced<T> {
-        Sourced {
-            value,
-            source: Source::Db,
-        }
+/// The read-through lookups and the writes.
+pub struct Lookup {
+    store: DynStore,
+    cache: Arc<Cache>,
+}
+
+fn miss(m: Miss) -> StoreError {
+    match m {
+        Miss::Store(e) => StoreError::clone(&e),
+        Miss::Deadline => StoreError::Unavailable("deadline passed".into()),
     }
 }
 
-/// The read-through lookups and the writes, over a store.
-pub struct Lookup {
-    store: DynStore,
+/// Takes the expected variant out of a hit.
+fn take<T>(hit: Hit, f: impl FnOnce(&Value) -> Option<T>) -> StoreResult<Sourced<T>> {
+    match f(&hit.entry.value) {
+        Some(value) => Ok(Sourced {
+            value,
+            source: hit.source,
+        }),
+        None => Err(StoreError::Other(
+            "cache entry of an unexpected kind".into(),
+        )),
+    }
+}
+
+/// Loads a lead's context, observing the lead's and then its organization's generation before
+/// reading their rows.
+async fn load_context(ctx: &LoadCtx, store: &DynStore, lead_id: Uuid) -> StoreResult<LeadContext> {
+    ctx.observe(GenKey::Lead(lead_id)).await;
+    let lead = store.lead(lead_id).await?;
+    ctx.observe(GenKey::Organization(lead.organization_id))
+        .await;
+    let organization = store.organization(lead.organization_id).await?;
+    let stats = store.conversation_stats(lead_id).await?;
+    let recent = store
+        .conversations(lead_id, CONTEXT_CONVERSATIONS, 0)
+        .await?;
+    Ok(build_context(lead, organization, stats, &recent))
 }
 
 impl Lookup {
-    pub fn new(store: DynStore) -> Lookup {
-        Lookup { store }
+    pub fn new(store: DynStore, cache: Arc<Cache>) -> Lookup {
+        Lookup { store, cache }
     }
 
     pub fn store(&self) -> &DynStore {
         &self.store
     }
 
-    pub async fn organization(&self, id: Uuid) -> StoreResult<Sourced<Arc<Organization>>> {
-        Ok(Sourced::db(Arc::new(self.store.organization(id).await?)))
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    pub async fn organization(
+        &self,
+        id: Uuid,
+        deadline: Option<Instant>,
+    ) -> StoreResult<Sourced<Arc<Organization>>> {
+        let store = self.store.clone();
+        let hit = self
+            .cache
+            .get(
+                CacheKey::Organization(id),
+                deadline,
+                move |ctx| async move {
+                    ctx.observe(GenKey::Organization(id)).await;
+                    Ok(Value::Organization(Arc::new(store.organization(id).await?)))
+                },
+            )
+            .await
+            .map_err(miss)?;
+        take(hit, |v| match v {
+            Value::Organization(o) => Some(o.clone()),
+            _ => None,
+        })
     }
 
     pub async fn organization_by_phone(
         &self,
         phone: &Phone,
+        deadline: Option<Instant>,
     ) -> StoreResult<Sourced<Option<Arc<Organization>>>> {
-        let org = self.store.organization_by_phone(phone).await?;
-        Ok(Sourced::db(org.map(Arc::new)))
+        let store = self.store.clone();
+        let p = phone.clone();
+        let hit = self
+            .cache
+            .get(
+                CacheKey::OrganizationByPhone(phone.clone()),
+                deadline,
+                move |ctx| async move {
+                    ctx.observe(GenKey::OrganizationPhone(p.clone())).await;
+                    let org = store.organization_by_phone(&p).await?;
+                    Ok(Value::MaybeOrganization(org.map(Arc::new)))
+                },
+            )
+            .await
+            .map_err(miss)?;
+        take(hit, |v| match v {
+            Value::MaybeOrganization(o) => Some(o.clone()),
+            _ => None,
+        })
     }
 
-    pub async fn lead(&self, id: Uuid) -> StoreResult<Sourced<Arc<Lead>>> {
-        Ok(Sourced::db(Arc::new(self.store.lead(id).await?)))
+    pub async fn lead(
+        &self,
+        id: Uuid,
+        deadline: Option<Instant>,
+    ) -> StoreResult<Sourced<Arc<Lead>>> {
+        let store = self.store.clone();
+        let hit = self
+            .cache
+            .get(CacheKey::Lead(id), deadline, move |ctx| async move {
+                ctx.observe(GenKey::Lead(id)).await;
+                Ok(Value::Lead(Arc::new(store.lead(id).await?)))
+            })
+            .await
+            .map_err(miss)?;
+        take(hit, |v| match v {
+            Value::Lead(l) => Some(l.clone()),
+            _ => None,
+        })
     }
 
+    /// The lead of a caller of an organization; `None` (cached too) for an unknown caller.
     pub async fn lead_by_phone(
         &self,
         organization_id: Uuid,
         phone: &Phone,
+        deadline: Option<Instant>,
     ) -> StoreResult<Sourced<Option<Arc<Lead>>>> {
-        let lead = self.store.lead_by_phone(organization_id, phone).await?;
-        Ok(Sourced::db(lead.map(Arc::new)))
+        let store = self.store.clone();
+        let p = phone.clone();
+        let hit = self
+            .cache
+            .get(
+                CacheKey::LeadByPhone(organization_id, phone.clone()),
+                deadline,
+                move |ctx| async move {
+                    ctx.observe(GenKey::LeadPhone(organization_id, p.clone()))
+                        .await;
+                    let lead = store.lead_by_phone(organization_id, &p).await?;
+                    Ok(Value::MaybeLead(lead.map(Arc::new)))
+                },
+            )
+            .await
+            .map_err(miss)?;
+        take(hit, |v| match v {
+            Value::MaybeLead(l) => Some(l.clone()),
+            _ => None,
+        })
     }
 
     /// The lead, its organization and its recent conversations on every channel.
-    pub async fn context(&self, lead_id: Uuid) -> StoreResult<Sourced<Arc<LeadContext>>> {
-        let lead = self.store.lead(lead_id).await?;
-        let organization = self.store.organization(lead.organization_id).await?;
-        let stats = self.store.conversation_stats(lead_id).await?;
-        let recent = self
-            .store
-            .conversations(lead_id, CONTEXT_CONVERSATIONS, 0)
-            .await?;
-        Ok(Sourced::db(Arc::new(build_context(
-            lead,
-            organization,
-            stats,
-            &recent,
-        ))))
+    pub async fn context(
+        &self,
+        lead_id: Uuid,
+        deadline: Option<Instant>,
+    ) -> StoreResult<Sourced<Arc<LeadContext>>> {
+        let store = self.store.clone();
+        let hit = self
+            .cache
+            .get(
+                CacheKey::Context(lead_id),
+                deadline,
+                move |ctx| async move {
+                    Ok(Value::Context(Arc::new(
+                        load_context(&ctx, &store, lead_id).await?,
+                    )))
+                },
+            )
+            .await
+            .map_err(miss)?;
+        take(hit, |v| match v {
+            Value::Context(c) => Some(c.clone()),
+            _ => None,
+        })
     }
 
     /// A bounded summary of the lead's recent conversations (empty when there are none).
-    pub async fn summary(&self, lead_id: Uuid) -> StoreResult<Sourced<Arc<String>>> {
-        let context = self.context(lead_id).await?;
-        Ok(Sourced {
-            value: Arc::new(build_summary(&context.value.recent_conversations)),
-            source: context.source,
+    pub async fn summary(
+        &self,
+        lead_id: Uuid,
+        deadline: Option<Instant>,
+    ) -> StoreResult<Sourced<Arc<String>>> {
+        let store = self.store.clone();
+        let hit = self
+            .cache
+            .get(
+                CacheKey::Summary(lead_id),
+                deadline,
+                move |ctx| async move {
+                    ctx.observe(GenKey::Lead(lead_id)).await;
+                    store.lead(lead_id).await?;
+                    let recent = store
+                        .conversations(lead_id, CONTEXT_CONVERSATIONS, 0)
+                        .await?;
+                    let briefs: Vec<_> = recent.iter().map(Into::into).collect();
+                    Ok(Value::Text(Arc::new(build_summary(&briefs))))
+                },
+            )
+            .await
+            .map_err(miss)?;
+        take(hit, |v| match v {
+            Value::Text(t) => Some(t.clone()),
+            _ => None,
         })
     }
 
@@ -134,17 +246,29 @@ impl Lookup {
         &self,
         lead_id: Uuid,
         channel: Channel,
+        deadline: Option<Instant>,
     ) -> StoreResult<Sourced<Arc<String>>> {
-        let context = self.context(lead_id).await?;
-        let greeting = build_greeting(
-            Some(&context.value.organization),
-            Some(&context.value),
-            channel,
-            Utc::now(),
-        );
-        Ok(Sourced {
-            value: Arc::new(greeting),
-            source: context.source,
+        let store = self.store.clone();
+        let hit = self
+            .cache
+            .get(
+                CacheKey::Greeting(lead_id, channel),
+                deadline,
+                move |ctx| async move {
+                    let context = load_context(&ctx, &store, lead_id).await?;
+                    Ok(Value::Text(Arc::new(build_greeting(
+                        Some(&context.organization),
+                        Some(&context),
+                        channel,
+                        Utc::now(),
+                    ))))
+                },
+            )
+            .await
+            .map_err(miss)?;
+        take(hit, |v| match v {
+            Value::Text(t) => Some(t.clone()),
+            _ => None,
         })
     }
 
@@ -164,15 +288,43 @@ impl Lookup {
         limit: i64,
         offset: i64,
     ) -> StoreResult<Sourced<Arc<Vec<Conversation>>>> {
-        self.store.lead(lead_id).await?;
-        let page = self.store.conversations(lead_id, limit, offset).await?;
-        Ok(Sourced::db(Arc::new(page)))
+        let store = self.store.clone();
+        let key = CacheKey::History {
+            lead: lead_id,
+            limit,
+            offset,
+        };
+        let hit = self
+            .cache
+            .get(key, None, move |ctx| async move {
+                ctx.observe(GenKey::Lead(lead_id)).await;
+                store.lead(lead_id).await?;
+                Ok(Value::History(Arc::new(
+                    store.conversations(lead_id, limit, offset).await?,
+                )))
+            })
+            .await
+            .map_err(miss)?;
+        take(hit, |v| match v {
+            Value::History(h) => Some(h.clone()),
+            _ => None,
+        })
     }
 
-    // Writes: each is acknowledged only once the store has committed it.
+    // Writes: each is acknowledged only once the store has committed it, and invalidates what
+    // it changed before it returns (read-your-writes on this instance, pub/sub for the others).
+
+    async fn invalidate(&self, (gens, forget): (Vec<GenKey>, Vec<CacheKey>)) {
+        self.cache
+            .invalidate(gens, forget, InvalidationSource::Write)
+            .await;
+    }
 
     pub async fn create_organization(&self, new: NewOrganization) -> StoreResult<Organization> {
-        self.store.create_organization(new).await
+        let org = self.store.create_organization(new).await?;
+        // Clears a negative entry for its phone number.
+        self.invalidate(organization_changes(&org, &org)).await;
+        Ok(org)
     }
 
     pub async fn update_organization(
@@ -180,31 +332,139 @@ impl Lookup {
         id: Uuid,
         patch: OrganizationPatch,
     ) -> StoreResult<Organization> {
-        self.store.update_organization(id, patch).await
+        let change = self.store.update_organization(id, patch).await?;
+        self.invalidate(organization_changes(&change.before, &change.after))
+            .await;
+        Ok(change.after)
     }
 
     pub async fn delete_organization(&self, id: Uuid) -> StoreResult<()> {
-        self.store.delete_organization(id).await
+        let org = self.store.delete_organization(id).await?;
+        self.invalidate(organization_changes(&org, &org)).await;
+        Ok(())
     }
 
     pub async fn create_lead(&self, new: NewLead) -> StoreResult<Lead> {
-        self.store.create_lead(new).await
+        let lead = self.store.create_lead(new).await?;
+        // Clears a negative entry for its (organization, phone).
+        self.invalidate(lead_changes(&lead, &lead)).await;
+        Ok(lead)
     }
 
     pub async fn update_lead(&self, id: Uuid, patch: LeadPatch) -> StoreResult<Lead> {
-        self.store.update_lead(id, patch).await
+        let change = self.store.update_lead(id, patch).await?;
+        self.invalidate(lead_changes(&change.before, &change.after))
+            .await;
+        Ok(change.after)
     }
 
+    /// Deletes the lead and its conversations; its personal data leaves Redis at once.
     pub async fn delete_lead(&self, id: Uuid) -> StoreResult<Lead> {
-        self.store.delete_lead(id).await
+        let lead = self.store.delete_lead(id).await?;
+        self.invalidate(lead_changes(&lead, &lead)).await;
+        Ok(lead)
     }
 
     pub async fn create_conversation(&self, new: NewConversation) -> StoreResult<Conversation> {
-        self.store.create_conversation(new).await
+        let conversation = self.store.create_conversation(new).await?;
+        self.invalidate((
+            vec![GenKey::Lead(conversation.lead_id)],
+            lead_derived_keys(conversation.lead_id),
+        ))
+        .await;
+        Ok(conversation)
     }
 
     pub async fn record_call(&self, call: CallRecord) -> StoreResult<CallOutcome> {
-        self.store.record_call(call).await
+        let caller = call.caller.clone();
+        let outcome = self.store.record_call(call).await?;
+        let mut gens = vec![GenKey::Lead(outcome.lead_id)];
+        let mut forget = lead_derived_keys(outcome.lead_id);
+        if outcome.lead_created {
+            gens.push(GenKey::LeadPhone(outcome.organization_id, caller.clone()));
+            forget.push(CacheKey::LeadByPhone(outcome.organization_id, caller));
+        }
+        if outcome.lead_created || outcome.conversation_created {
+            self.invalidate((gens, forget)).await;
+        }
+        Ok(outcome)
+    }
+
+    // Administration
+
+    /// Invalidates everything of one lead, on every instance.
+    pub async fn invalidate_lead(&self, id: Uuid) -> StoreResult<()> {
+        let changes = match self.store.lead(id).await {
+            Ok(lead) => lead_changes(&lead, &lead),
+            Err(StoreError::NotFound) => (vec![GenKey::Lead(id)], lead_derived_keys(id)),
+            Err(e) => return Err(e),
+        };
+        self.cache
+            .invalidate(changes.0, changes.1, InvalidationSource::Manual)
+            .await;
+        Ok(())
+    }
+
+    /// Invalidates an organization and what shows it, on every instance.
+    pub async fn invalidate_organization(&self, id: Uuid) -> StoreResult<()> {
+        let changes = match self.store.organization(id).await {
+            Ok(org) => organization_changes(&org, &org),
+            Err(StoreError::NotFound) => (
+                vec![GenKey::Organization(id)],
+                vec![CacheKey::Organization(id)],
+            ),
+            Err(e) => return Err(e),
+        };
+        self.cache
+            .invalidate(changes.0, changes.1, InvalidationSource::Manual)
+            .await;
+        Ok(())
+    }
+
+    /// Invalidates every entry of the given kinds, on every instance.
+    pub async fn invalidate_kinds(&self, kinds: &[Kind]) {
+        self.cache
+            .invalidate(
+                kinds.iter().map(|k| GenKey::Kind(*k)).collect(),
+                Vec::new(),
+                InvalidationSource::Manual,
+            )
+            .await;
+    }
+
+    /// Loads the most recently active leads (their organization, phone lookups and context)
+    /// into the cache. Runs in the background at start; never delays serving.
+    pub async fn warm(&self, leads: u64) -> usize {
+        let ids = match self.store.recently_active_leads(leads as i64).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "cache warming skipped: the database did not answer");
+                return 0;
+            }
+        };
+        let warmed = futures_util::stream::iter(ids)
+            .map(|id| async move {
+                let lead = self.lead(id, None).await.ok()?.value;
+                let org = self
+                    .organization(lead.organization_id, None)
+                    .await
+                    .ok()?
+                    .value;
+                self.organization_by_phone(&org.phone_number, None)
+                    .await
+                    .ok()?;
+                self.lead_by_phone(org.id, &lead.phone_number, None)
+                    .await
+                    .ok()?;
+                self.context(id, None).await.ok()?;
+                Some(())
+            })
+            .buffer_unordered(4)
+            .filter(|r| std::future::ready(r.is_some()))
+            .count()
+            .await;
+        tracing::info!(leads = warmed, "cache warmed");
+        warmed
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

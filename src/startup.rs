@@ -3,14 +3,18 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
+use crate::cache::{spawn_background, BackgroundConfig, Cache, Liveness, LocalTier, Remote, Ttls};
 use crate::config::{Secret, ServeArgs};
 use crate::http::{self, AppState, Settings};
 use crate::lookup::Lookup;
+use crate::postcall;
+use crate::spool::Spool;
 use crate::store::{self, DynStore};
 
 /// A built application: migrated store, bound listener, ready to serve.
@@ -18,6 +22,46 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     store: DynStore,
+    background: Background,
+}
+
+/// What runs beside the server while it serves.
+struct Background {
+    listen_url: Option<String>,
+    warm_leads: u64,
+}
+
+/// The two tiers as configured: tier 1 unless `L1_MAX_MB=0`, tier 2 when `REDIS_URL` is set
+/// and `REDIS_ENABLED` is not false.
+fn build_cache(args: &ServeArgs) -> anyhow::Result<Cache> {
+    let local = (args.l1_max_mb > 0).then(|| {
+        LocalTier::new(
+            args.l1_max_mb.saturating_mul(1024 * 1024),
+            Duration::from_secs(args.l1_max_age_s),
+        )
+    });
+    let remote = match (&args.redis_url, args.redis_enabled) {
+        (Some(url), true) => Some(Arc::new(
+            Remote::new(
+                url.as_str(),
+                &args.redis_key_prefix,
+                Duration::from_millis(args.redis_timeout_ms),
+            )
+            .context("REDIS_URL: not a usable Redis URL")?,
+        )),
+        _ => None,
+    };
+    let expects_listen = args.database_listen_url.is_some() || args.db.database_url.is_postgres();
+    let liveness = Arc::new(Liveness {
+        standalone: remote.is_none() && !expects_listen,
+        ..Liveness::default()
+    });
+    Ok(Cache::new(
+        local,
+        remote,
+        Ttls::from_args(&args.ttl, args.stale_grace_s),
+        liveness,
+    ))
 }
 
 /// Secrets that were generated because they were not configured, to print once.
@@ -68,9 +112,23 @@ impl Application {
             webhook_deadline: args.webhook_deadline(),
             started_at: Instant::now(),
         };
+        let cache = Arc::new(build_cache(args)?);
+        let spool = Spool::open(&args.spool_dir)
+            .with_context(|| format!("opening SPOOL_DIR {}", args.spool_dir.display()))?;
         let state = AppState {
-            lookup: Arc::new(Lookup::new(store.clone())),
+            lookup: Arc::new(Lookup::new(store.clone(), cache)),
             settings: Arc::new(settings),
+            spool,
+        };
+        let listen_url = args
+            .database_listen_url
+            .as_ref()
+            .or(Some(&args.db.database_url))
+            .filter(|u| u.is_postgres())
+            .map(|u| u.as_str().to_string());
+        let background = Background {
+            listen_url,
+            warm_leads: args.warm_leads,
         };
         let listener = TcpListener::bind(args.listen_addr)
             .await
@@ -80,6 +138,7 @@ impl Application {
                 listener,
                 state,
                 store,
+                background,
             },
             generated,
         ))
@@ -104,10 +163,34 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let lookup = self.state.lookup.clone();
+        spawn_background(
+            lookup.cache().clone(),
+            BackgroundConfig {
+                listen_url: self.background.listen_url,
+                region: self.state.settings.default_region,
+            },
+            stop_rx.clone(),
+        );
+        tokio::spawn(postcall::drain_spool(
+            lookup.clone(),
+            self.state.spool.clone(),
+            self.state.settings.default_region,
+            stop_rx,
+        ));
+        if self.background.warm_leads > 0 {
+            let warm = self.background.warm_leads;
+            tokio::spawn(async move {
+                lookup.warm(warm).await;
+            });
+        }
         let router = http::router(self.state);
-        axum::serve(self.listener, router)
+        let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        let _ = stop_tx.send(true);
+        served
     }
 }
 

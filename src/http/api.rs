@@ -125,7 +125,7 @@ async fn get_organization(
     State(state): State<AppState>,
     id: PathParam,
 ) -> Result<impl IntoResponse> {
-    let org = state.lookup.organization(path_id(id)?).await?;
+    let org = state.lookup.organization(path_id(id)?, None).await?;
     Ok(Json(org.value))
 }
 
@@ -222,7 +222,7 @@ async fn find_lead(
     })?;
     let lead = state
         .lookup
-        .lead_by_phone(organization_id, &phone)
+        .lead_by_phone(organization_id, &phone, None)
         .await?
         .value
         .ok_or(ApiError::NotFound)?;
@@ -234,7 +234,7 @@ async fn get_lead(
     State(state): State<AppState>,
     id: PathParam,
 ) -> Result<impl IntoResponse> {
-    let lead = state.lookup.lead(path_id(id)?).await?;
+    let lead = state.lookup.lead(path_id(id)?, None).await?;
     Ok(Json(lead.value))
 }
 
@@ -341,7 +341,7 @@ async fn lead_context(
     State(state): State<AppState>,
     id: PathParam,
 ) -> Result<impl IntoResponse> {
-    let context = state.lookup.context(path_id(id)?).await?;
+    let context = state.lookup.context(path_id(id)?, None).await?;
     let ctx = context.value.as_ref();
     let mut body = serde_json::to_value(ctx).map_err(|e| ApiError::Internal(e.to_string()))?;
     if let Value::Object(map) = &mut body {
@@ -357,7 +357,7 @@ async fn lead_summary(
     id: PathParam,
 ) -> Result<impl IntoResponse> {
     let lead_id = path_id(id)?;
-    let summary = state.lookup.summary(lead_id).await?;
+    let summary = state.lookup.summary(lead_id, None).await?;
     Ok(Json(
         json!({"lead_id": lead_id, "summary": summary.value.as_str()}),
     ))
@@ -377,7 +377,7 @@ async fn lead_greeting(
             .parse::<Channel>()
             .map_err(|e| ApiError::invalid("channel", e))?,
     };
-    let greeting = state.lookup.greeting(lead_id, channel).await?;
+    let greeting = state.lookup.greeting(lead_id, channel, None).await?;
     Ok(Json(json!({
         "lead_id": lead_id,
         "channel": channel,

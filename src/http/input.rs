@@ -4,7 +4,6 @@
 
 use std::str::FromStr;
 
-use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -64,7 +63,7 @@ pub struct Body {
 
 impl Body {
     /// 400 unless the bytes are a JSON object.
-    pub fn parse(bytes: &Bytes) -> Result<Body, ApiError> {
+    pub fn parse(bytes: &[u8]) -> Result<Body, ApiError> {
         match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(map)) => Ok(Body { map }),
             Ok(_) => Err(ApiError::Malformed(
@@ -221,6 +220,7 @@ pub fn check_json(v: &Value) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Bytes;
 
     fn body(json: &str) -> Body {
         Body::parse(&Bytes::from(json.to_string())).unwrap()

@@ -20,6 +20,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::config::Secret;
 use crate::domain::Region;
 use crate::lookup::Lookup;
+use crate::spool::Spool;
 
 pub use error::{ApiError, Result};
 
@@ -28,6 +29,8 @@ pub use error::{ApiError, Result};
 pub struct AppState {
     pub lookup: Arc<Lookup>,
     pub settings: Arc<Settings>,
+    /// Where post-call events wait while the database is down.
+    pub spool: Spool,
 }
 
 /// The settings the HTTP layer needs, resolved at start (secrets generated where unset).

@@ -10,18 +10,18 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::Utc;
 use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
-use uuid::Uuid;
 
 use super::auth::WebhookCaller;
 use super::input::Body;
 use super::{ApiError, AppState, Result};
-use crate::domain::{build_summary, CallRecord, Channel, Lead, LeadContext, Organization, Phone};
+use crate::domain::{build_summary, Channel, Lead, LeadContext, Organization, Phone};
 use crate::lookup::Source;
+use crate::postcall::{self, Applied, ApplyError};
 use crate::store::StoreError;
 
 pub const INITIATION_PATH: &str = "/webhooks/elevenlabs/conversation-initiation";
@@ -121,7 +121,10 @@ async fn conversation_initiation(
         caller,
         ..Known::default()
     };
-    let lookups = look_up_caller(&state, called, &mut known);
+    // Each lookup gives up at `deadline` (serving a stale value if it has one); the outer
+    // timeout is the backstop for anything else that could hold the answer up.
+    let deadline = Instant::now() + budget.saturating_sub(Duration::from_millis(2));
+    let lookups = look_up_caller(&state, called, deadline, &mut known);
     if tokio::time::timeout(budget, lookups).await.is_err() {
         tracing::warn!(
             budget_ms = budget.as_millis() as u64,
@@ -139,26 +142,33 @@ async fn conversation_initiation(
 }
 
 /// Fills `known` step by step, so that whatever was found before the deadline is used.
-async fn look_up_caller(state: &AppState, called: Option<Phone>, known: &mut Known) {
+async fn look_up_caller(
+    state: &AppState,
+    called: Option<Phone>,
+    deadline: Instant,
+    known: &mut Known,
+) {
     let lookup = &state.lookup;
     let Some(called) = called else {
         // Without the number that was called there is no organization to look in.
         return;
     };
     let result: Result<(), StoreError> = async {
-        let org = lookup.organization_by_phone(&called).await?;
+        let org = lookup
+            .organization_by_phone(&called, Some(deadline))
+            .await?;
         known.saw(org.source);
         known.organization = org.value;
         let (Some(org), Some(caller)) = (&known.organization, &known.caller) else {
             return Ok(());
         };
-        let lead = lookup.lead_by_phone(org.id, caller).await?;
+        let lead = lookup.lead_by_phone(org.id, caller, Some(deadline)).await?;
         known.saw(lead.source);
         known.lead = lead.value;
         let Some(lead) = &known.lead else {
             return Ok(());
         };
-        let context = lookup.context(lead.id).await?;
+        let context = lookup.context(lead.id, Some(deadline)).await?;
         known.saw(context.source);
         known.context = Some(context.value);
         Ok(())
@@ -326,17 +336,38 @@ async fn post_call(
             });
         }
     };
-    let envelope = Body::parse(&bytes.into())?.into_map();
+    let envelope = Body::parse(&bytes)?.into_map();
     let event_type = envelope.get("type").and_then(Value::as_str).unwrap_or("");
     if event_type != "post_call_transcription" {
         tracing::info!(event_type = %sanitize_label(event_type), "post-call event acknowledged and ignored");
         return Ok(acknowledge("ignored"));
     }
-    let data = envelope
-        .get("data")
-        .and_then(Value::as_object)
-        .ok_or_else(|| ApiError::invalid("data", "must be an object"))?;
-    record_transcription(&state, data).await
+    let region = state.settings.default_region;
+    match postcall::apply_event(&state.lookup, &envelope, region).await {
+        Ok(applied) => {
+            if applied == Applied::Unmatched {
+                tracing::info!(
+                    "post-call transcription matched no organization or caller; not stored"
+                );
+            }
+            Ok(acknowledge(applied.as_str()))
+        }
+        Err(ApplyError::Invalid(message)) => Err(ApiError::Invalid(message)),
+        Err(ApplyError::Store(e)) if e.is_unavailable() => {
+            // ElevenLabs never sends an event twice: keep it durably, and answer 200 only once
+            // it is kept. The drainer applies it when the database returns.
+            match state.spool.append(bytes).await {
+                Ok(_) => {
+                    tracing::warn!("database unavailable; post-call event spooled");
+                    Ok(acknowledge("spooled"))
+                }
+                Err(io) => Err(ApiError::Unavailable(format!(
+                    "database down ({e}) and the spool failed ({io})"
+                ))),
+            }
+        }
+        Err(ApplyError::Store(e)) => Err(e.into()),
+    }
 }
 
 /// Event types are ElevenLabs' words; keep the log line short and printable.
@@ -349,110 +380,6 @@ fn sanitize_label(s: &str) -> String {
 
 fn acknowledge(status: &'static str) -> Response {
     (StatusCode::OK, Json(json!({"status": status}))).into_response()
-}
-
-/// Strips NUL characters, which Postgres refuses, from every string of a JSON document.
-fn strip_nul(v: &mut Value) {
-    match v {
-        Value::String(s) if s.contains('\0') => *s = s.replace('\0', ""),
-        Value::Array(items) => items.iter_mut().for_each(strip_nul),
-        Value::Object(map) => map.values_mut().for_each(strip_nul),
-        _ => {}
-    }
-}
-
-fn pointer_str<'a>(data: &'a Value, pointer: &str) -> Option<&'a str> {
-    data.pointer(pointer)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-}
-
-async fn record_transcription(state: &AppState, data: &Map<String, Value>) -> Result<Response> {
-    let mut data = Value::Object(data.clone());
-    strip_nul(&mut data);
-    let external_id = pointer_str(&data, "/conversation_id")
-        .ok_or_else(|| ApiError::invalid("data.conversation_id", "is required"))?
-        .chars()
-        .take(crate::domain::SHORT_TEXT_MAX)
-        .collect::<String>();
-    let region = state.settings.default_region;
-    let lookup = &state.lookup;
-
-    // The lead hotline named at the start of the call, if it still exists.
-    let echoed_lead = pointer_str(
-        &data,
-        "/conversation_initiation_client_data/dynamic_variables/lead_id",
-    )
-    .and_then(|s| Uuid::parse_str(s).ok());
-    let mut lead: Option<Arc<Lead>> = None;
-    if let Some(id) = echoed_lead {
-        match lookup.lead(id).await {
-            Ok(found) => lead = Some(found.value),
-            Err(StoreError::NotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let caller = match &lead {
-        Some(l) => Some(l.phone_number.clone()),
-        None => pointer_str(&data, "/metadata/phone_call/external_number")
-            .and_then(|c| Phone::from_caller_id(c, region)),
-    };
-    let organization_id = match &lead {
-        Some(l) => Some(l.organization_id),
-        None => match pointer_str(&data, "/metadata/phone_call/agent_number")
-            .and_then(|n| Phone::from_caller_id(n, region))
-        {
-            Some(number) => lookup
-                .organization_by_phone(&number)
-                .await?
-                .value
-                .map(|o| o.id),
-            None => None,
-        },
-    };
-    let (Some(organization_id), Some(caller)) = (organization_id, caller) else {
-        tracing::info!("post-call transcription matched no organization or caller; not stored");
-        return Ok(acknowledge("unmatched"));
-    };
-
-    let started_at = data
-        .pointer("/metadata/start_time_unix_secs")
-        .and_then(Value::as_i64)
-        .and_then(|t| Utc.timestamp_opt(t, 0).single());
-    let ended_at: Option<DateTime<Utc>> = started_at.and_then(|start| {
-        data.pointer("/metadata/call_duration_secs")
-            .and_then(Value::as_i64)
-            .filter(|d| (0..=7 * 24 * 3600).contains(d))
-            .map(|d| start + chrono::Duration::seconds(d))
-    });
-    let summary = pointer_str(&data, "/analysis/transcript_summary").map(|s| {
-        s.chars()
-            .take(crate::domain::LONG_TEXT_MAX)
-            .collect::<String>()
-    });
-    let transcript = data.get("transcript").filter(|t| t.is_array()).cloned();
-    let call = CallRecord {
-        organization_id,
-        lead_id: lead.as_ref().map(|l| l.id),
-        caller,
-        external_id,
-        summary,
-        transcript,
-        started_at,
-        ended_at,
-    };
-    let outcome = lookup.record_call(call).await?;
-    tracing::info!(
-        lead_created = outcome.lead_created,
-        conversation_created = outcome.conversation_created,
-        "post-call transcription recorded"
-    );
-    Ok(acknowledge(if outcome.conversation_created {
-        "recorded"
-    } else {
-        "duplicate"
-    }))
 }
 
 #[cfg(test)]
@@ -473,12 +400,5 @@ mod tests {
             h.insert("elevenlabs-signature", HeaderValue::from_static(bad));
             assert!(parse_signature(&h).is_none(), "{bad}");
         }
-    }
-
-    #[test]
-    fn nul_characters_are_stripped_deeply() {
-        let mut v = json!({"a": "x\u{0}y", "b": [{"c": "\u{0}"}]});
-        strip_nul(&mut v);
-        assert_eq!(v, json!({"a": "xy", "b": [{"c": ""}]}));
     }
 }

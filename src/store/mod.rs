@@ -23,7 +23,15 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The bound on every single query, so that no request waits on a hung database.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, thiserror::Error)]
+/// A row before and after an update (the cache invalidates what both show, e.g. an old and a
+/// new phone number).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change<T> {
+    pub before: T,
+    pub after: T,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
     NotFound,
@@ -103,9 +111,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: Uuid,
         patch: OrganizationPatch,
-    ) -> StoreResult<Organization>;
-    /// `Conflict` while the organization still has leads.
-    async fn delete_organization(&self, id: Uuid) -> StoreResult<()>;
+    ) -> StoreResult<Change<Organization>>;
+    /// `Conflict` while the organization still has leads; returns what was deleted.
+    async fn delete_organization(&self, id: Uuid) -> StoreResult<Organization>;
 
     /// `InvalidReference` when the organization does not exist; `Conflict` when the
     /// (organization, phone) pair is taken.
@@ -116,7 +124,7 @@ pub trait Store: Send + Sync + 'static {
         organization_id: Uuid,
         phone: &Phone,
     ) -> StoreResult<Option<Lead>>;
-    async fn update_lead(&self, id: Uuid, patch: LeadPatch) -> StoreResult<Lead>;
+    async fn update_lead(&self, id: Uuid, patch: LeadPatch) -> StoreResult<Change<Lead>>;
     /// Deletes the lead and its conversations; returns what was deleted.
     async fn delete_lead(&self, id: Uuid) -> StoreResult<Lead>;
 

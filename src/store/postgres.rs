@@ -15,7 +15,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{bounded, Store, StoreError, StoreResult, ACQUIRE_TIMEOUT};
+use super::{bounded, Change, Store, StoreError, StoreResult, ACQUIRE_TIMEOUT};
 use crate::domain::{
     CallOutcome, CallRecord, Channel, Conversation, ConversationStats, Lead, LeadPatch, LeadStatus,
     NewConversation, NewLead, NewOrganization, Organization, OrganizationPatch, Phone,
@@ -227,7 +227,7 @@ impl Store for PgStore {
         &self,
         id: Uuid,
         patch: OrganizationPatch,
-    ) -> StoreResult<Organization> {
+    ) -> StoreResult<Change<Organization>> {
         let mut tx = bounded(self.pool.begin()).await?;
         let current = bounded(
             sqlx::query(concat!(
@@ -246,7 +246,10 @@ impl Store for PgStore {
         if org == current {
             // Nothing changes: no write, and updated_at stays.
             bounded(tx.commit()).await?;
-            return Ok(current);
+            return Ok(Change {
+                before: current.clone(),
+                after: current,
+            });
         }
         let org = bounded(
             sqlx::query(concat!(
@@ -264,19 +267,26 @@ impl Store for PgStore {
         )
         .await?;
         bounded(tx.commit()).await?;
-        Ok(org)
+        Ok(Change {
+            before: current,
+            after: org,
+        })
     }
 
-    async fn delete_organization(&self, id: Uuid) -> StoreResult<()> {
+    async fn delete_organization(&self, id: Uuid) -> StoreResult<Organization> {
         let result = bounded(
-            sqlx::query("delete from organizations where id = $1")
-                .bind(id)
-                .execute(&self.pool),
+            sqlx::query(concat!(
+                "delete from organizations where id = $1 returning ",
+                org_cols!()
+            ))
+            .bind(id)
+            .try_map(org_row)
+            .fetch_optional(&self.pool),
         )
         .await;
         match result {
-            Ok(done) if done.rows_affected() == 0 => Err(StoreError::NotFound),
-            Ok(_) => Ok(()),
+            Ok(Some(org)) => Ok(org),
+            Ok(None) => Err(StoreError::NotFound),
             // Leads (or conversations) still reference it.
             Err(StoreError::InvalidReference(_)) => {
                 Err(StoreError::Conflict("leads_organization_id_fkey".into()))
@@ -339,7 +349,7 @@ impl Store for PgStore {
         .await
     }
 
-    async fn update_lead(&self, id: Uuid, patch: LeadPatch) -> StoreResult<Lead> {
+    async fn update_lead(&self, id: Uuid, patch: LeadPatch) -> StoreResult<Change<Lead>> {
         let mut tx = bounded(self.pool.begin()).await?;
         let current = bounded(
             sqlx::query(concat!(
@@ -358,7 +368,10 @@ impl Store for PgStore {
         lead.metadata = metadata_or_default(lead.metadata);
         if lead == current {
             bounded(tx.commit()).await?;
-            return Ok(current);
+            return Ok(Change {
+                before: current.clone(),
+                after: current,
+            });
         }
         let lead = bounded(
             sqlx::query(concat!(
@@ -378,7 +391,10 @@ impl Store for PgStore {
         )
         .await?;
         bounded(tx.commit()).await?;
-        Ok(lead)
+        Ok(Change {
+            before: current,
+            after: lead,
+        })
     }
 
     async fn delete_lead(&self, id: Uuid) -> StoreResult<Lead> {

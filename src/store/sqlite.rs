@@ -21,7 +21,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::postgres::migrate_error;
-use super::{bounded, Store, StoreError, StoreResult, ACQUIRE_TIMEOUT};
+use super::{bounded, Change, Store, StoreError, StoreResult, ACQUIRE_TIMEOUT};
 use crate::domain::{
     CallOutcome, CallRecord, Channel, Conversation, ConversationStats, Lead, LeadPatch, LeadStatus,
     NewConversation, NewLead, NewOrganization, Organization, OrganizationPatch, Phone,
@@ -322,7 +322,7 @@ impl Store for SqliteStore {
         &self,
         id: Uuid,
         patch: OrganizationPatch,
-    ) -> StoreResult<Organization> {
+    ) -> StoreResult<Change<Organization>> {
         let mut tx = run(self.pool.begin_with("BEGIN IMMEDIATE")).await?;
         let current = run(sqlx::query(concat!(
             "select ",
@@ -339,7 +339,10 @@ impl Store for SqliteStore {
         if org == current {
             // Nothing changes: no write, and updated_at stays.
             run(tx.commit()).await?;
-            return Ok(current);
+            return Ok(Change {
+                before: current.clone(),
+                after: current,
+            });
         }
         let org = run(sqlx::query(concat!(
             "update organizations set name = ?2, phone_number = ?3, timezone = ?4, \
@@ -357,17 +360,24 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx))
         .await?;
         run(tx.commit()).await?;
-        Ok(org)
+        Ok(Change {
+            before: current,
+            after: org,
+        })
     }
 
-    async fn delete_organization(&self, id: Uuid) -> StoreResult<()> {
-        let result = run(sqlx::query("delete from organizations where id = ?1")
-            .bind(id.to_string())
-            .execute(&self.pool))
+    async fn delete_organization(&self, id: Uuid) -> StoreResult<Organization> {
+        let result = run(sqlx::query(concat!(
+            "delete from organizations where id = ?1 returning ",
+            org_cols!()
+        ))
+        .bind(id.to_string())
+        .try_map(org_row)
+        .fetch_optional(&self.pool))
         .await;
         match result {
-            Ok(done) if done.rows_affected() == 0 => Err(StoreError::NotFound),
-            Ok(_) => Ok(()),
+            Ok(Some(org)) => Ok(org),
+            Ok(None) => Err(StoreError::NotFound),
             // Leads (or conversations) still reference it.
             Err(StoreError::InvalidReference(_)) => {
                 Err(StoreError::Conflict("leads_organization_id_fkey".into()))
@@ -426,7 +436,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update_lead(&self, id: Uuid, patch: LeadPatch) -> StoreResult<Lead> {
+    async fn update_lead(&self, id: Uuid, patch: LeadPatch) -> StoreResult<Change<Lead>> {
         let mut tx = run(self.pool.begin_with("BEGIN IMMEDIATE")).await?;
         let current = run(sqlx::query(concat!(
             "select ",
@@ -445,7 +455,10 @@ impl Store for SqliteStore {
         }
         if lead == current {
             run(tx.commit()).await?;
-            return Ok(current);
+            return Ok(Change {
+                before: current.clone(),
+                after: current,
+            });
         }
         let lead = run(sqlx::query(concat!(
             "update leads set phone_number = ?2, customer_name = ?3, email = ?4, status = ?5, \
@@ -465,7 +478,10 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx))
         .await?;
         run(tx.commit()).await?;
-        Ok(lead)
+        Ok(Change {
+            before: current,
+            after: lead,
+        })
     }
 
     async fn delete_lead(&self, id: Uuid) -> StoreResult<Lead> {

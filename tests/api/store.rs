@@ -200,11 +200,26 @@ async fn organizations_crud(db: &TestDb, store: DynStore) {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .after;
     assert_eq!(updated.name, "Acme Plumbing & Heating");
     assert_eq!(store.organization(created.id).await.unwrap(), updated);
+    // An update reports the row as it was too (the cache invalidates what both show).
+    let change = store
+        .update_organization(
+            created.id,
+            OrganizationPatch {
+                phone_number: Some(phone(9876)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(change.before, updated);
+    assert_eq!(change.after.phone_number, phone(9876));
 
-    store.delete_organization(created.id).await.unwrap();
+    let deleted = store.delete_organization(created.id).await.unwrap();
+    assert_eq!(deleted, change.after, "delete returns the deleted row");
     assert_not_found(store.organization(created.id).await);
     assert_not_found(store.delete_organization(created.id).await);
     // The other one is untouched.
@@ -253,7 +268,8 @@ async fn organization_phone_is_unique(_db: &TestDb, store: DynStore) {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .after;
     assert_eq!(moved.phone_number, phone(1));
 }
 
@@ -287,7 +303,8 @@ async fn organization_patch_semantics(_db: &TestDb, store: DynStore) {
     let same = store
         .update_organization(org.id, OrganizationPatch::default())
         .await
-        .unwrap();
+        .unwrap()
+        .after;
     assert_eq!(same, org);
 
     // Absent fields stay, given ones are set.
@@ -300,7 +317,8 @@ async fn organization_patch_semantics(_db: &TestDb, store: DynStore) {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .after;
     assert_eq!(patched.timezone, "Europe/Berlin");
     assert_eq!(patched.name, org.name);
     assert_eq!(patched.phone_number, org.phone_number);
@@ -319,7 +337,8 @@ async fn organization_patch_semantics(_db: &TestDb, store: DynStore) {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .after;
     assert_eq!(cleared.greeting_template, None);
     assert_eq!(cleared.timezone, "Europe/Berlin");
     assert!(cleared.updated_at >= patched.updated_at);
@@ -335,7 +354,8 @@ async fn organization_patch_semantics(_db: &TestDb, store: DynStore) {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .after;
     assert_eq!(set_again.greeting_template.as_deref(), Some("Hello again"));
     assert_eq!(set_again.name, "Acme 2");
     assert_eq!(set_again.phone_number, phone(9));
@@ -499,7 +519,8 @@ async fn lead_patch_semantics(_db: &TestDb, store: DynStore) {
     let same = store
         .update_lead(lead.id, LeadPatch::default())
         .await
-        .unwrap();
+        .unwrap()
+        .after;
     assert_eq!(same, lead);
 
     let patched = store
@@ -512,7 +533,8 @@ async fn lead_patch_semantics(_db: &TestDb, store: DynStore) {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .after;
     assert_eq!(patched.status, LeadStatus::Contacted);
     assert_eq!(patched.email, None);
     // Absent fields unchanged.
@@ -538,7 +560,8 @@ async fn lead_patch_semantics(_db: &TestDb, store: DynStore) {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .after;
     assert_eq!(patched.phone_number, phone(12));
     assert_eq!(patched.customer_name.as_deref(), Some("Maria García"));
     assert_eq!(patched.notes, None);
@@ -562,7 +585,8 @@ async fn lead_patch_semantics(_db: &TestDb, store: DynStore) {
                 },
             )
             .await
-            .unwrap();
+            .unwrap()
+            .after;
         assert_eq!(updated.status, status);
         assert_eq!(store.lead(lead.id).await.unwrap().status, status);
     }
@@ -1358,7 +1382,8 @@ async fn json_round_trips(_db: &TestDb, store: DynStore) {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .after;
     assert_eq!(updated.metadata, replaced);
     assert_eq!(store.lead(lead.id).await.unwrap().metadata, replaced);
 

@@ -1,0 +1,610 @@
+//! The two-tier read-through cache: tier 1 in process (moka), tier 2 shared (Redis), the store
+//! behind them. Every entry is stamped with the generations it was read under (see [`gens`]),
+//! so that a write invalidates everything derived from it, on every instance, without listing
+//! keys, and a fill that raced a write is never served.
+
+mod entry;
+mod gens;
+mod keys;
+mod local;
+pub mod remote;
+mod tasks;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+
+pub use entry::{now_ms, Entry, Value};
+pub use gens::{Generations, Message};
+pub use keys::{lead_hash, CacheKey, GenKey, Kind, Ttls};
+pub use local::LocalTier;
+pub use remote::{Circuit, Remote, RemoteError, ServerInfo};
+pub use tasks::{spawn_background, BackgroundConfig};
+
+use crate::domain::{Channel, Lead, Organization};
+use crate::store::StoreError;
+
+/// Tier-1 entries are trusted only this long while invalidations from other instances cannot
+/// reach this one (Redis unreachable and no Postgres LISTEN).
+pub const DEGRADED_L1_AGE: Duration = Duration::from_secs(2);
+/// After a load finds the database unavailable, stale values are served at once for this long
+/// instead of waiting on it again.
+const DB_FAILING_FOR_MS: i64 = 2_000;
+
+/// Where a looked-up value came from, least fresh first (the order of `X-Hotline-Source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    Default,
+    Stale,
+    Db,
+    L2,
+    L1,
+}
+
+impl Source {
+    pub const ALL: [Source; 5] = [
+        Source::Default,
+        Source::Stale,
+        Source::Db,
+        Source::L2,
+        Source::L1,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::Stale => "stale",
+            Source::Db => "db",
+            Source::L2 => "l2",
+            Source::L1 => "l1",
+        }
+    }
+}
+
+/// Why an invalidation happened (the `source` label of the invalidation counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidationSource {
+    /// A write through this instance.
+    Write,
+    /// A message from another instance.
+    PubSub,
+    /// A Postgres NOTIFY (writes that bypass the service).
+    Notify,
+    /// The cache administration endpoint.
+    Manual,
+}
+
+impl InvalidationSource {
+    pub const ALL: [InvalidationSource; 4] = [
+        InvalidationSource::Write,
+        InvalidationSource::PubSub,
+        InvalidationSource::Notify,
+        InvalidationSource::Manual,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidationSource::Write => "write",
+            InvalidationSource::PubSub => "pubsub",
+            InvalidationSource::Notify => "notify",
+            InvalidationSource::Manual => "manual",
+        }
+    }
+}
+
+/// Counters per kind, for the stats endpoint and metrics.
+#[derive(Debug, Default)]
+pub struct KindStats {
+    pub hits_l1: AtomicU64,
+    pub hits_l2: AtomicU64,
+    pub misses: AtomicU64,
+    pub stale: AtomicU64,
+    pub loads: AtomicU64,
+    pub load_errors: AtomicU64,
+    pub invalidations: AtomicU64,
+}
+
+/// Which invalidation channels are connected right now.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    pub pubsub: AtomicBool,
+    pub listen: AtomicBool,
+    /// Set when neither Redis nor LISTEN is expected (a single embedded instance).
+    pub standalone: bool,
+}
+
+impl Liveness {
+    /// Whether invalidations from elsewhere reach this instance.
+    pub fn invalidations_live(&self) -> bool {
+        self.standalone
+            || self.pubsub.load(Ordering::Acquire)
+            || self.listen.load(Ordering::Acquire)
+    }
+}
+
+/// Records the dependencies a loader reads under: call [`LoadCtx::observe`] for a generation
+/// *before* reading the rows it covers.
+pub struct LoadCtx {
+    gens: Arc<Generations>,
+    deps: Mutex<Vec<(GenKey, u64)>>,
+}
+
+impl LoadCtx {
+    pub async fn observe(&self, key: GenKey) {
+        let value = self.gens.current(std::slice::from_ref(&key)).await[0];
+        self.deps.lock().expect("not poisoned").push((key, value));
+    }
+}
+
+type LoadOutput = Result<Arc<Entry>, Arc<StoreError>>;
+type InFlight = Shared<BoxFuture<'static, LoadOutput>>;
+
+/// A hook run between a load's database read and its fill (tests force races with it).
+pub type FillHook = Arc<dyn Fn(&CacheKey) -> BoxFuture<'static, ()> + Send + Sync>;
+
+pub struct Cache {
+    local: Option<LocalTier>,
+    remote: Option<Arc<Remote>>,
+    gens: Arc<Generations>,
+    ttls: Ttls,
+    inflight: Mutex<HashMap<CacheKey, InFlight>>,
+    stats: [KindStats; 7],
+    invalidations_by_source: [AtomicU64; 4],
+    liveness: Arc<Liveness>,
+    db_failing_until_ms: AtomicI64,
+    fill_hook: Mutex<Option<FillHook>>,
+}
+
+/// A value and where it came from.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub entry: Arc<Entry>,
+    pub source: Source,
+}
+
+/// Why a lookup has no value.
+#[derive(Debug, Clone)]
+pub enum Miss {
+    /// The store failed (or had no such row); nothing usable was cached.
+    Store(Arc<StoreError>),
+    /// The deadline passed before the store answered, and nothing usable was cached.
+    Deadline,
+}
+
+impl Cache {
+    pub fn new(
+        local: Option<LocalTier>,
+        remote: Option<Arc<Remote>>,
+        ttls: Ttls,
+        liveness: Arc<Liveness>,
+    ) -> Cache {
+        Cache {
+            local,
+            gens: Arc::new(Generations::new(remote.clone())),
+            remote,
+            ttls,
+            inflight: Mutex::new(HashMap::new()),
+            stats: Default::default(),
+            invalidations_by_source: Default::default(),
+            liveness,
+            db_failing_until_ms: AtomicI64::new(0),
+            fill_hook: Mutex::new(None),
+        }
+    }
+
+    pub fn ttls(&self) -> &Ttls {
+        &self.ttls
+    }
+
+    pub fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.as_ref()
+    }
+
+    pub fn generations(&self) -> &Arc<Generations> {
+        &self.gens
+    }
+
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.liveness
+    }
+
+    pub fn stats(&self, kind: Kind) -> &KindStats {
+        &self.stats[kind.index()]
+    }
+
+    pub fn invalidations(&self, source: InvalidationSource) -> u64 {
+        self.invalidations_by_source[source as usize].load(Ordering::Relaxed)
+    }
+
+    /// (entries, bytes) in tier 1.
+    pub fn local_usage(&self) -> (u64, u64) {
+        self.local.as_ref().map_or((0, 0), LocalTier::usage)
+    }
+
+    /// Installs a hook run after each load's read and before its fill. For tests.
+    pub fn set_fill_hook(&self, hook: Option<FillHook>) {
+        *self.fill_hook.lock().expect("not poisoned") = hook;
+    }
+
+    /// Drops every tier-1 entry (by forgetting the generations they were validated against).
+    pub fn flush_local(&self) {
+        self.gens.flush();
+        if let Some(local) = &self.local {
+            local.clear();
+        }
+    }
+
+    /// Whether the database failed recently (stale values are then served without waiting).
+    pub fn db_failing(&self) -> bool {
+        now_ms() < self.db_failing_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Reads `key` through the tiers, loading it with `load` on a miss. Concurrent misses on one
+    /// key share one load, which runs on its own task: a caller that gives up (its deadline
+    /// passed) does not cancel it, and it fills the cache for the next caller. When the store
+    /// fails or the deadline passes, a stale value within the grace period is served.
+    pub async fn get<F, Fut>(
+        self: &Arc<Self>,
+        key: CacheKey,
+        deadline: Option<Instant>,
+        load: F,
+    ) -> Result<Hit, Miss>
+    where
+        F: FnOnce(Arc<LoadCtx>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Value, StoreError>> + Send + 'static,
+    {
+        let kind = key.kind();
+        let stats = self.stats(kind);
+        let now = now_ms();
+        let mut stale: Option<Arc<Entry>> = None;
+
+        if let Some(local) = &self.local {
+            if let Some(found) = local.get(&key) {
+                if self.gens.all_current_locally(&found.entry.deps) {
+                    let trusted = self.liveness.invalidations_live()
+                        || found.inserted.elapsed() < DEGRADED_L1_AGE;
+                    if trusted && found.entry.is_fresh(now) {
+                        stats.hits_l1.fetch_add(1, Ordering::Relaxed);
+                        if found.entry.wants_refresh(now) {
+                            self.refresh(key, load);
+                        }
+                        return Ok(Hit {
+                            entry: found.entry.clone(),
+                            source: Source::L1,
+                        });
+                    }
+                    if found.entry.is_servable_stale(now) {
+                        stale = Some(found.entry.clone());
+                    }
+                } else {
+                    local.remove(&key);
+                }
+            }
+        }
+
+        if let Some(remote) = self.remote.as_ref().filter(|r| r.breaker.is_closed()) {
+            if let Ok(Some(entry)) = remote.get(&key).await {
+                let dep_keys: Vec<GenKey> = entry.deps.iter().map(|(k, _)| k.clone()).collect();
+                let current = self.gens.current(&dep_keys).await;
+                let valid = entry.deps.iter().zip(&current).all(|((_, v), c)| v == c);
+                if valid {
+                    let entry = Arc::new(entry);
+                    if entry.is_fresh(now) {
+                        stats.hits_l2.fetch_add(1, Ordering::Relaxed);
+                        if let Some(local) = &self.local {
+                            local.insert(key.clone(), entry.clone(), entry.encode().len());
+                        }
+                        if entry.wants_refresh(now) {
+                            self.refresh(key, load);
+                        }
+                        return Ok(Hit {
+                            entry,
+                            source: Source::L2,
+                        });
+                    }
+                    if entry.is_servable_stale(now) && stale.is_none() {
+                        stale = Some(entry);
+                    }
+                }
+            }
+        }
+
+        if let Some(entry) = stale.clone().filter(|_| self.db_failing()) {
+            stats.stale.fetch_add(1, Ordering::Relaxed);
+            self.refresh(key, load);
+            return Ok(Hit {
+                entry,
+                source: Source::Stale,
+            });
+        }
+
+        stats.misses.fetch_add(1, Ordering::Relaxed);
+        let pending = self.load_shared(key, load);
+        let outcome = match deadline {
+            Some(at) => tokio::time::timeout_at(at.into(), pending).await.ok(),
+            None => Some(pending.await),
+        };
+        match outcome {
+            Some(Ok(entry)) => Ok(Hit {
+                entry,
+                source: Source::Db,
+            }),
+            Some(Err(e)) => match stale {
+                Some(entry) if e.is_unavailable() => {
+                    stats.stale.fetch_add(1, Ordering::Relaxed);
+                    Ok(Hit {
+                        entry,
+                        source: Source::Stale,
+                    })
+                }
+                _ => Err(Miss::Store(e)),
+            },
+            None => match stale {
+                Some(entry) => {
+                    stats.stale.fetch_add(1, Ordering::Relaxed);
+                    Ok(Hit {
+                        entry,
+                        source: Source::Stale,
+                    })
+                }
+                None => Err(Miss::Deadline),
+            },
+        }
+    }
+
+    /// Starts a background load of `key` unless one is running.
+    fn refresh<F, Fut>(self: &Arc<Self>, key: CacheKey, load: F)
+    where
+        F: FnOnce(Arc<LoadCtx>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Value, StoreError>> + Send + 'static,
+    {
+        drop(self.load_shared(key, load));
+    }
+
+    /// The running load of `key`, or a new one.
+    fn load_shared<F, Fut>(self: &Arc<Self>, key: CacheKey, load: F) -> InFlight
+    where
+        F: FnOnce(Arc<LoadCtx>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Value, StoreError>> + Send + 'static,
+    {
+        let mut inflight = self.inflight.lock().expect("not poisoned");
+        if let Some(running) = inflight.get(&key) {
+            return running.clone();
+        }
+        let cache = self.clone();
+        let task_key = key.clone();
+        let handle = tokio::spawn(async move {
+            let result = cache.load_and_fill(&task_key, load).await;
+            cache
+                .inflight
+                .lock()
+                .expect("not poisoned")
+                .remove(&task_key);
+            result
+        });
+        let shared = async move {
+            match handle.await {
+                Ok(result) => result,
+                Err(e) => Err(Arc::new(StoreError::Other(format!(
+                    "load task failed: {e}"
+                )))),
+            }
+        }
+        .boxed()
+        .shared();
+        inflight.insert(key, shared.clone());
+        shared
+    }
+
+    async fn load_and_fill<F, Fut>(&self, key: &CacheKey, load: F) -> LoadOutput
+    where
+        F: FnOnce(Arc<LoadCtx>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Value, StoreError>> + Send + 'static,
+    {
+        let kind = key.kind();
+        let stats = self.stats(kind);
+        stats.loads.fetch_add(1, Ordering::Relaxed);
+        let ctx = Arc::new(LoadCtx {
+            gens: self.gens.clone(),
+            deps: Mutex::new(Vec::with_capacity(3)),
+        });
+        ctx.observe(GenKey::Kind(kind)).await;
+        let started = Instant::now();
+        let value = match load(ctx.clone()).await {
+            Ok(v) => v,
+            Err(e) => {
+                if !matches!(e, StoreError::NotFound) {
+                    stats.load_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if e.is_unavailable() {
+                    self.db_failing_until_ms
+                        .store(now_ms() + DB_FAILING_FOR_MS, Ordering::Release);
+                }
+                return Err(Arc::new(e));
+            }
+        };
+        let _load_time = started.elapsed();
+        self.db_failing_until_ms.store(0, Ordering::Release);
+        let hook = self.fill_hook.lock().expect("not poisoned").clone();
+        if let Some(hook) = hook {
+            hook(key).await;
+        }
+
+        let deps = std::mem::take(&mut *ctx.deps.lock().expect("not poisoned"));
+        let ttl = if value.is_negative() {
+            self.ttls.negative
+        } else {
+            self.ttls.of(kind)
+        };
+        // Up to 10% shorter, so that entries filled together do not expire together.
+        let ttl_ms = ttl.as_millis() as i64;
+        let jittered = ttl_ms - (ttl_ms as f64 * 0.1 * rand::random::<f64>()) as i64;
+        let now = now_ms();
+        let entry = Arc::new(Entry {
+            value,
+            deps,
+            fresh_until_ms: now + jittered,
+            stale_until_ms: now + jittered + self.ttls.stale_grace.as_millis() as i64,
+            ttl_ms,
+        });
+        if ttl_ms > 0 {
+            self.fill(key, &entry);
+        }
+        Ok(entry)
+    }
+
+    /// Stores a freshly loaded entry in both tiers, unless a write has made it old already.
+    fn fill(&self, key: &CacheKey, entry: &Arc<Entry>) {
+        if !self.gens.all_current_locally(&entry.deps) {
+            return;
+        }
+        let bytes = entry.encode();
+        if let Some(local) = &self.local {
+            local.insert(key.clone(), entry.clone(), bytes.len());
+        }
+        if let Some(remote) = self.remote.as_ref().filter(|r| r.breaker.is_closed()) {
+            let remote = remote.clone();
+            let key = key.clone();
+            let entry = entry.clone();
+            tokio::spawn(async move {
+                let _ = remote.fill(&key, &entry, &bytes).await;
+            });
+        }
+    }
+
+    /// Invalidates `gens` everywhere and forgets `forget` (tier 1 here, tier 2 for all): the
+    /// writer calls this after its commit, before it answers.
+    pub async fn invalidate(
+        &self,
+        gens: Vec<GenKey>,
+        forget: Vec<CacheKey>,
+        source: InvalidationSource,
+    ) {
+        self.count_invalidation(&gens, source);
+        if let Some(local) = &self.local {
+            for key in &forget {
+                local.remove(key);
+            }
+        }
+        let mut delete: Vec<String> = forget.iter().map(|k| k.redis_location().0).collect();
+        delete.sort();
+        delete.dedup();
+        self.gens.bump(&gens, &delete).await;
+    }
+
+    /// Counts what a change of `gens` invalidates, per kind.
+    pub fn count_invalidation(&self, gens: &[GenKey], source: InvalidationSource) {
+        self.invalidations_by_source[source as usize].fetch_add(1, Ordering::Relaxed);
+        let mut kinds: Vec<Kind> = gens
+            .iter()
+            .flat_map(|g| kinds_of(g).iter().copied())
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        for kind in kinds {
+            self.stats(kind)
+                .invalidations
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Applies a message from another instance.
+    pub fn apply_message(&self, message: &Message) {
+        if self.gens.apply(message) {
+            let gens: Vec<GenKey> = message.gens.iter().map(|(k, _)| k.clone()).collect();
+            self.count_invalidation(&gens, InvalidationSource::PubSub);
+            if message.flush {
+                if let Some(local) = &self.local {
+                    local.clear();
+                }
+            }
+        }
+    }
+}
+
+/// The kinds whose entries depend on a generation.
+fn kinds_of(gen: &GenKey) -> &'static [Kind] {
+    match gen {
+        GenKey::Kind(k) => match k {
+            Kind::Organization => &[Kind::Organization],
+            Kind::Lead => &[Kind::Lead],
+            Kind::LeadByPhone => &[Kind::LeadByPhone],
+            Kind::Context => &[Kind::Context],
+            Kind::Summary => &[Kind::Summary],
+            Kind::Greeting => &[Kind::Greeting],
+            Kind::History => &[Kind::History],
+        },
+        GenKey::Organization(_) => &[Kind::Organization, Kind::Context, Kind::Greeting],
+        GenKey::OrganizationPhone(_) => &[Kind::Organization],
+        GenKey::Lead(_) => &[
+            Kind::Lead,
+            Kind::Context,
+            Kind::Summary,
+            Kind::Greeting,
+            Kind::History,
+        ],
+        GenKey::LeadPhone(..) => &[Kind::LeadByPhone],
+    }
+}
+
+/// What a change to an organization invalidates (`before` and `after` may be the same).
+pub fn organization_changes(
+    before: &Organization,
+    after: &Organization,
+) -> (Vec<GenKey>, Vec<CacheKey>) {
+    let mut gens = vec![
+        GenKey::Organization(after.id),
+        GenKey::OrganizationPhone(before.phone_number.clone()),
+    ];
+    let mut forget = vec![
+        CacheKey::Organization(after.id),
+        CacheKey::OrganizationByPhone(before.phone_number.clone()),
+    ];
+    if before.phone_number != after.phone_number {
+        gens.push(GenKey::OrganizationPhone(after.phone_number.clone()));
+        forget.push(CacheKey::OrganizationByPhone(after.phone_number.clone()));
+    }
+    (gens, forget)
+}
+
+/// What a change to a lead or its conversations invalidates (`before` and `after` may be the
+/// same): everything derived from the lead, and the phone lookups of its old and new number.
+pub fn lead_changes(before: &Lead, after: &Lead) -> (Vec<GenKey>, Vec<CacheKey>) {
+    let mut gens = vec![
+        GenKey::Lead(after.id),
+        GenKey::LeadPhone(before.organization_id, before.phone_number.clone()),
+    ];
+    let mut forget = lead_derived_keys(after.id);
+    forget.push(CacheKey::LeadByPhone(
+        before.organization_id,
+        before.phone_number.clone(),
+    ));
+    if before.phone_number != after.phone_number || before.organization_id != after.organization_id
+    {
+        gens.push(GenKey::LeadPhone(
+            after.organization_id,
+            after.phone_number.clone(),
+        ));
+        forget.push(CacheKey::LeadByPhone(
+            after.organization_id,
+            after.phone_number.clone(),
+        ));
+    }
+    (gens, forget)
+}
+
+/// The tier-1 keys of everything derived from one lead (history pages are covered by the
+/// lead's generation instead: there is no listing them).
+pub fn lead_derived_keys(lead: uuid::Uuid) -> Vec<CacheKey> {
+    let mut keys = vec![
+        CacheKey::Lead(lead),
+        CacheKey::Context(lead),
+        CacheKey::Summary(lead),
+    ];
+    keys.extend(Channel::ALL.iter().map(|c| CacheKey::Greeting(lead, *c)));
+    keys
+}
