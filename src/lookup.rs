@@ -315,9 +315,17 @@ impl Lookup {
     // it changed before it returns (read-your-writes on this instance, pub/sub for the others).
 
     async fn invalidate(&self, (gens, forget): (Vec<GenKey>, Vec<CacheKey>)) {
-        self.cache
-            .invalidate(gens, forget, InvalidationSource::Write)
-            .await;
+        // On a task of its own: a client that hangs up after the commit must not cancel the
+        // invalidation (the handler's future is dropped then).
+        let cache = self.cache.clone();
+        let task = tokio::spawn(async move {
+            cache
+                .invalidate(gens, forget, InvalidationSource::Write)
+                .await;
+        });
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "invalidation task failed");
+        }
     }
 
     pub async fn create_organization(&self, new: NewOrganization) -> StoreResult<Organization> {
@@ -384,9 +392,9 @@ impl Lookup {
             gens.push(GenKey::LeadPhone(outcome.organization_id, caller.clone()));
             forget.push(CacheKey::LeadByPhone(outcome.organization_id, caller));
         }
-        if outcome.lead_created || outcome.conversation_created {
-            self.invalidate((gens, forget)).await;
-        }
+        // Also for a duplicate: the first attempt may have committed and then failed to answer
+        // (a timeout), leaving its invalidation undone.
+        self.invalidate((gens, forget)).await;
         Ok(outcome)
     }
 

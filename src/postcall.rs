@@ -137,7 +137,7 @@ async fn apply_transcription(
         data.pointer("/metadata/call_duration_secs")
             .and_then(Value::as_i64)
             .filter(|d| (0..=7 * 24 * 3600).contains(d))
-            .map(|d| start + chrono::Duration::seconds(d))
+            .and_then(|d| start.checked_add_signed(chrono::Duration::seconds(d)))
     });
     let summary = pointer_str(&data, "/analysis/transcript_summary")
         .map(|s| s.chars().take(LONG_TEXT_MAX).collect::<String>());
@@ -196,7 +196,16 @@ pub async fn drain_spool(
                     continue;
                 }
             };
-            match apply_event(&lookup, &envelope, region).await {
+            // Each event on a task of its own: one that panics is set aside, not the drainer.
+            let task = {
+                let lookup = lookup.clone();
+                tokio::spawn(async move { apply_event(&lookup, &envelope, region).await })
+            };
+            let outcome = match task.await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(ApplyError::Invalid("applying the event panicked".into())),
+            };
+            match outcome {
                 Ok(applied) => {
                     tracing::info!(
                         outcome = applied.as_str(),

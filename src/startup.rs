@@ -61,6 +61,7 @@ fn build_cache(args: &ServeArgs) -> anyhow::Result<Cache> {
         remote,
         Ttls::from_args(&args.ttl, args.stale_grace_s),
         liveness,
+        Duration::from_secs(args.l1_max_age_s),
     ))
 }
 
@@ -113,6 +114,14 @@ impl Application {
             started_at: Instant::now(),
         };
         let cache = Arc::new(build_cache(args)?);
+        // One quick look at Redis, so that an instance whose Redis is up serves with tier 2
+        // from its first request. Bounded: with Redis down it starts at once, degraded, and the
+        // background probe closes the breaker when Redis comes.
+        if let Some(remote) = cache.remote() {
+            if remote.info(Duration::from_millis(300)).await.is_ok() {
+                remote.close_breaker();
+            }
+        }
         let spool = Spool::open(&args.spool_dir)
             .with_context(|| format!("opening SPOOL_DIR {}", args.spool_dir.display()))?;
         let state = AppState {

@@ -135,13 +135,54 @@ pub struct LoadCtx {
 
 impl LoadCtx {
     pub async fn observe(&self, key: GenKey) {
-        let value = self.gens.current(std::slice::from_ref(&key)).await[0];
+        let value = self.gens.current(std::slice::from_ref(&key), false).await[0];
         self.deps.lock().expect("not poisoned").push((key, value));
     }
 }
 
 type LoadOutput = Result<Arc<Entry>, Arc<StoreError>>;
-type InFlight = Shared<BoxFuture<'static, LoadOutput>>;
+
+/// Which running load a miss may join.
+enum Join {
+    Any,
+    /// Any; and when none runs, a fresh value in tier 1 (a load that just finished put it
+    /// there) instead of a new load.
+    AnyOrFilled,
+    /// Only one started after the load with this id (which turned out too old).
+    NewerThan(u64),
+}
+
+/// What a miss waits for.
+enum Pending {
+    /// A load: the id of the one joined, or 0 when this call started it.
+    Load(Shared<BoxFuture<'static, LoadOutput>>, u64),
+    /// No load ran any more: the one that just finished filled tier 1 with this.
+    Filled(Arc<Entry>),
+}
+
+/// A running load, joined by concurrent misses on its key.
+struct InFlight {
+    id: u64,
+    result: Shared<BoxFuture<'static, LoadOutput>>,
+}
+
+/// Removes a finished (or panicked) load from the map, if it is still the one there.
+struct InFlightGuard {
+    cache: std::sync::Weak<Cache>,
+    key: CacheKey,
+    id: u64,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let Some(cache) = self.cache.upgrade() {
+            let mut map = cache.inflight.lock().expect("not poisoned");
+            if map.get(&self.key).is_some_and(|f| f.id == self.id) {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
 
 /// A hook run between a load's database read and its fill (tests force races with it).
 pub type FillHook = Arc<dyn Fn(&CacheKey) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -176,15 +217,18 @@ pub enum Miss {
 }
 
 impl Cache {
+    /// `max_trust` is how long a mirrored generation is trusted without Redis confirming it
+    /// (the tier-1 maximum age).
     pub fn new(
         local: Option<LocalTier>,
         remote: Option<Arc<Remote>>,
         ttls: Ttls,
         liveness: Arc<Liveness>,
+        max_trust: Duration,
     ) -> Cache {
         Cache {
             local,
-            gens: Arc::new(Generations::new(remote.clone())),
+            gens: Arc::new(Generations::new(remote.clone(), max_trust)),
             remote,
             ttls,
             inflight: Mutex::new(HashMap::new()),
@@ -287,16 +331,18 @@ impl Cache {
         }
 
         if let Some(remote) = self.remote.as_ref().filter(|r| r.breaker.is_closed()) {
-            if let Ok(Some(entry)) = remote.get(&key).await {
+            if let Ok(Some((entry, encoded_len))) = remote.get(&key).await {
                 let dep_keys: Vec<GenKey> = entry.deps.iter().map(|(k, _)| k.clone()).collect();
-                let current = self.gens.current(&dep_keys).await;
+                // While invalidations may not be reaching us, confirm with Redis itself.
+                let confirm = !self.liveness.invalidations_live();
+                let current = self.gens.current(&dep_keys, confirm).await;
                 let valid = entry.deps.iter().zip(&current).all(|((_, v), c)| v == c);
                 if valid {
                     let entry = Arc::new(entry);
                     if entry.is_fresh(now) {
                         stats.hits_l2.fetch_add(1, Ordering::Relaxed);
                         if let Some(local) = &self.local {
-                            local.insert(key.clone(), entry.clone(), entry.encode().len());
+                            local.insert(key.clone(), entry.clone(), encoded_len);
                         }
                         if entry.wants_refresh(now) {
                             self.refresh(key, load);
@@ -322,12 +368,40 @@ impl Cache {
             });
         }
 
-        stats.misses.fetch_add(1, Ordering::Relaxed);
-        let pending = self.load_shared(key, load);
-        let outcome = match deadline {
-            Some(at) => tokio::time::timeout_at(at.into(), pending).await.ok(),
-            None => Some(pending.await),
+        let mut load = Some(load);
+        // A load of this key may have finished (and filled tier 1) since tier 1 was read above,
+        // while Redis was being asked: that is checked under the in-flight lock, so that
+        // concurrent misses cost one load, not one per load that finishes meanwhile.
+        let (pending, joined) = match self.load_shared(key.clone(), &mut load, Join::AnyOrFilled) {
+            Some(Pending::Load(pending, joined)) => (pending, joined),
+            Some(Pending::Filled(entry)) => {
+                stats.hits_l1.fetch_add(1, Ordering::Relaxed);
+                return Ok(Hit {
+                    entry,
+                    source: Source::L1,
+                });
+            }
+            None => unreachable!("a load is started when none runs"),
         };
+        stats.misses.fetch_add(1, Ordering::Relaxed);
+        let wait = |pending: Shared<BoxFuture<'static, LoadOutput>>| async move {
+            match deadline {
+                Some(at) => tokio::time::timeout_at(at.into(), pending).await.ok(),
+                None => Some(pending.await),
+            }
+        };
+        let mut outcome = wait(pending).await;
+        // A joined load may have read before a write that completed before this call began:
+        // its generations are no longer current. Load again, ourselves.
+        if let Some(Ok(entry)) = &outcome {
+            if joined != 0 && !self.gens.all_current_locally(&entry.deps) {
+                if let Some(Pending::Load(pending, _)) =
+                    self.load_shared(key, &mut load, Join::NewerThan(joined))
+                {
+                    outcome = wait(pending).await;
+                }
+            }
+        }
         match outcome {
             Some(Ok(entry)) => Ok(Hit {
                 entry,
@@ -362,31 +436,51 @@ impl Cache {
         F: FnOnce(Arc<LoadCtx>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Value, StoreError>> + Send + 'static,
     {
-        drop(self.load_shared(key, load));
+        drop(self.load_shared(key, &mut Some(load), Join::Any));
     }
 
-    /// The running load of `key`, or a new one.
-    fn load_shared<F, Fut>(self: &Arc<Self>, key: CacheKey, load: F) -> InFlight
+    /// The running load of `key`, joined, or a new one started with `load` (taken only then).
+    /// Returns the id of the load joined, or 0 when this call started it. The load runs on its
+    /// own task, so no caller's cancellation stops it.
+    fn load_shared<F, Fut>(
+        self: &Arc<Self>,
+        key: CacheKey,
+        load: &mut Option<F>,
+        join: Join,
+    ) -> Option<Pending>
     where
         F: FnOnce(Arc<LoadCtx>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Value, StoreError>> + Send + 'static,
     {
         let mut inflight = self.inflight.lock().expect("not poisoned");
         if let Some(running) = inflight.get(&key) {
-            return running.clone();
+            let joinable = match join {
+                Join::Any | Join::AnyOrFilled => true,
+                Join::NewerThan(old) => running.id != old,
+            };
+            if joinable {
+                return Some(Pending::Load(running.result.clone(), running.id));
+            }
+        } else if matches!(join, Join::AnyOrFilled) {
+            // A load leaves this map only after its fill: if it filled tier 1, that shows now.
+            if let Some(entry) = self.fresh_local(&key) {
+                return Some(Pending::Filled(entry));
+            }
         }
+        let load = load.take()?;
+        let id = rand::random::<u64>().max(1);
+        let guard = InFlightGuard {
+            cache: Arc::downgrade(self),
+            key: key.clone(),
+            id,
+        };
         let cache = self.clone();
         let task_key = key.clone();
         let handle = tokio::spawn(async move {
-            let result = cache.load_and_fill(&task_key, load).await;
-            cache
-                .inflight
-                .lock()
-                .expect("not poisoned")
-                .remove(&task_key);
-            result
+            let _guard = guard;
+            cache.load_and_fill(&task_key, load).await
         });
-        let shared = async move {
+        let result = async move {
             match handle.await {
                 Ok(result) => result,
                 Err(e) => Err(Arc::new(StoreError::Other(format!(
@@ -396,8 +490,26 @@ impl Cache {
         }
         .boxed()
         .shared();
-        inflight.insert(key, shared.clone());
-        shared
+        inflight.insert(
+            key,
+            InFlight {
+                id,
+                result: result.clone(),
+            },
+        );
+        Some(Pending::Load(result, 0))
+    }
+
+    /// The tier-1 value of `key` if it may be served as fresh: built under current
+    /// generations, trusted, and within its time to live.
+    fn fresh_local(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        let found = self.local.as_ref()?.get(key)?;
+        let trusted =
+            self.liveness.invalidations_live() || found.inserted.elapsed() < DEGRADED_L1_AGE;
+        (trusted
+            && found.entry.is_fresh(now_ms())
+            && self.gens.all_current_locally(&found.entry.deps))
+        .then(|| found.entry.clone())
     }
 
     async fn load_and_fill<F, Fut>(&self, key: &CacheKey, load: F) -> LoadOutput
@@ -509,6 +621,20 @@ impl Cache {
             self.stats(kind)
                 .invalidations
                 .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes every lead's cached data from Redis (after a TRUNCATE).
+    pub async fn purge_leads(&self) {
+        if let Some(remote) = self.remote.as_ref().filter(|r| r.breaker.is_closed()) {
+            for pattern in ["lead:*", "leadphone:*"] {
+                if let Err(e) = remote.purge(pattern).await {
+                    tracing::warn!(error = %e, "could not purge cached leads from Redis");
+                }
+            }
+        }
+        if let Some(local) = &self.local {
+            local.clear();
         }
     }
 

@@ -221,13 +221,13 @@ impl Remote {
         result
     }
 
-    /// The entry stored for `key`, if any (not yet validated).
-    pub async fn get(&self, key: &CacheKey) -> Result<Option<Entry>, RemoteError> {
+    /// The entry stored for `key`, if any (not yet validated), with its encoded size.
+    pub async fn get(&self, key: &CacheKey) -> Result<Option<(Entry, usize)>, RemoteError> {
         let (name, field) = key.redis_location();
         let mut conn = self.conn.clone();
         let redis_key = self.key(&name);
         let bytes: Option<Vec<u8>> = self.run(conn.hget(redis_key, field)).await?;
-        Ok(bytes.and_then(|b| Entry::decode(&b)))
+        Ok(bytes.and_then(|b| Entry::decode(&b).map(|e| (e, b.len()))))
     }
 
     /// The current value of each generation, creating (with the proposed random values) those
@@ -296,6 +296,49 @@ impl Remote {
         }
         let mut conn = self.conn.clone();
         let _: i64 = self.run(invocation.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Deletes every key matching `pattern` under the prefix (SCAN and UNLINK, in batches, each
+    /// bounded by a generous timeout). Returns how many were deleted.
+    pub async fn purge(&self, pattern: &str) -> Result<u64, RemoteError> {
+        let mut conn = self.conn.clone();
+        let full = self.key(pattern);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = tokio::time::timeout(
+                Duration::from_secs(2),
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&full)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn),
+            )
+            .await
+            .map_err(|_| RemoteError::Timeout)??;
+            if !keys.is_empty() {
+                let n: u64 = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    redis::cmd("UNLINK").arg(&keys).query_async(&mut conn),
+                )
+                .await
+                .map_err(|_| RemoteError::Timeout)??;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Publishes a message on the invalidation channel (heartbeats).
+    pub async fn publish(&self, message: &str) -> Result<(), RemoteError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self.run(conn.publish(&self.channel, message)).await?;
         Ok(())
     }
 

@@ -21,6 +21,8 @@ pub const NOTIFY_CHANNEL: &str = "hotline_invalidate";
 const PROBE_OPEN_EVERY: Duration = Duration::from_millis(250);
 const PROBE_CLOSED_EVERY: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// A subscription that hears nothing (not even a heartbeat) this long is treated as lost.
+const SUBSCRIPTION_SILENCE: Duration = Duration::from_secs(7);
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
@@ -64,6 +66,7 @@ fn next_backoff(current: Duration) -> Duration {
 async fn probe(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
     let remote = cache.remote().expect("probe runs with a remote").clone();
     let mut known_run_id: Option<String> = None;
+    let mut first = true;
     loop {
         let closed = remote.breaker.is_closed();
         let pause = if closed {
@@ -71,6 +74,9 @@ async fn probe(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
         } else {
             PROBE_OPEN_EVERY
         };
+        // The first probe runs at once: the breaker starts open.
+        let pause = if first { Duration::ZERO } else { pause };
+        first = false;
         if stopping(&mut shutdown, pause).await {
             return;
         }
@@ -86,11 +92,14 @@ async fn probe(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
                 known_run_id = Some(info.run_id);
                 if !remote.breaker.is_closed() {
                     remote.close_breaker();
-                    if cache.generations().reconcile().await {
-                        cache.flush_local();
-                    }
                     tracing::info!("redis reachable; circuit closed");
                 }
+                // Replays invalidations that failed to reach Redis (during an outage or a
+                // single timed-out command) and forgets generations made up meanwhile.
+                if cache.generations().reconcile().await {
+                    tracing::info!("invalidations made while Redis was unreachable replayed");
+                }
+                let _ = remote.publish(&cache.generations().heartbeat()).await;
             }
             Err(e) => {
                 if remote.breaker.is_closed() {
@@ -125,15 +134,18 @@ async fn subscribe(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
             let mut messages = pubsub.into_on_message();
             loop {
                 tokio::select! {
-                    msg = messages.next() => match msg {
-                        Some(msg) => {
+                    msg = tokio::time::timeout(SUBSCRIPTION_SILENCE, messages.next()) => match msg {
+                        // Every instance's probe publishes a heartbeat every couple of seconds:
+                        // silence this long means the connection died without closing.
+                        Err(_) => break,
+                        Ok(None) => break,
+                        Ok(Some(msg)) => {
                             let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
                             match serde_json::from_slice::<Message>(&payload) {
                                 Ok(message) => cache.apply_message(&message),
                                 Err(_) => tracing::warn!("ignoring a malformed invalidation message"),
                             }
                         }
-                        None => break,
                     },
                     _ = shutdown.changed() => return,
                 }
@@ -168,10 +180,29 @@ enum Change {
     Conversation {
         lead: Uuid,
     },
+    /// Deleted leads, in chunks.
+    LeadRows {
+        rows: Vec<LeadRow>,
+    },
+    /// The leads whose conversations were deleted, in chunks.
+    ConversationLeads {
+        leads: Vec<Uuid>,
+    },
     /// Too many rows changed in one statement to list them.
     Bulk {
         table: String,
     },
+    /// A table was truncated.
+    Truncate {
+        table: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct LeadRow {
+    id: Uuid,
+    org: Uuid,
+    phone: Option<String>,
 }
 
 /// What a change notification invalidates.
@@ -212,6 +243,30 @@ fn invalidation_for(change: Change, region: Region) -> (Vec<GenKey>, Vec<CacheKe
             (gens, forget)
         }
         Change::Conversation { lead } => (vec![GenKey::Lead(lead)], super::lead_derived_keys(lead)),
+        Change::LeadRows { rows } => {
+            let mut gens = Vec::with_capacity(rows.len() * 2);
+            let mut forget = Vec::with_capacity(rows.len() * 9);
+            for row in rows {
+                gens.push(GenKey::Lead(row.id));
+                forget.extend(super::lead_derived_keys(row.id));
+                if let Some(p) = phone(row.phone) {
+                    gens.push(GenKey::LeadPhone(row.org, p.clone()));
+                    forget.push(CacheKey::LeadByPhone(row.org, p));
+                }
+            }
+            (gens, forget)
+        }
+        Change::ConversationLeads { leads } => {
+            let forget = leads
+                .iter()
+                .flat_map(|l| super::lead_derived_keys(*l))
+                .collect();
+            (leads.into_iter().map(GenKey::Lead).collect(), forget)
+        }
+        Change::Truncate { .. } => (
+            Kind::ALL.iter().map(|k| GenKey::Kind(*k)).collect(),
+            Vec::new(),
+        ),
         Change::Bulk { table } => {
             let kinds: &[Kind] = match table.as_str() {
                 "organizations" => &[Kind::Organization, Kind::Context, Kind::Greeting],
@@ -249,6 +304,16 @@ async fn listen(
                     n = listener.try_recv() => match n {
                         Ok(Some(notification)) => {
                             match serde_json::from_str::<Change>(notification.payload()) {
+                                Ok(Change::Truncate { table }) => {
+                                    // Everything is invalid, and no deleted person's data may
+                                    // stay in Redis: remove every lead's cached data.
+                                    let (gens, forget) =
+                                        invalidation_for(Change::Truncate { table: table.clone() }, region);
+                                    cache.invalidate(gens, forget, InvalidationSource::Notify).await;
+                                    if table != "organizations" {
+                                        cache.purge_leads().await;
+                                    }
+                                }
                                 Ok(change) => {
                                     let (gens, forget) = invalidation_for(change, region);
                                     cache.invalidate(gens, forget, InvalidationSource::Notify).await;
@@ -263,9 +328,12 @@ async fn listen(
                     _ = shutdown.changed() => return,
                 }
             }
+            // Not flushed here: while the database is unreachable, tier 1 holds the last known
+            // values that are served stale (without Redis, nothing else does). Until the
+            // listener is back, tier-1 entries are trusted only briefly (see `Liveness`), and
+            // the reconnect above flushes what notifications may have been missed meanwhile.
             cache.liveness().listen.store(false, Ordering::Release);
-            cache.flush_local();
-            tracing::warn!("database change listener lost; tier 1 flushed, reconnecting");
+            tracing::warn!("database change listener lost; reconnecting (tier 1 is flushed then)");
         }
         if stopping(&mut shutdown, backoff).await {
             return;
@@ -294,6 +362,14 @@ mod tests {
         let bulk: Change = serde_json::from_str(r#"{"t":"bulk","table":"leads"}"#).unwrap();
         let (gens, _) = invalidation_for(bulk, Region::default());
         assert_eq!(gens.len(), Kind::ALL.len());
+
+        let rows: Change = serde_json::from_str(&format!(
+            r#"{{"t":"lead_rows","rows":[{{"id":"{id}","org":"{org}","phone":"+16129782029"}}]}}"#
+        ))
+        .unwrap();
+        let (gens, forget) = invalidation_for(rows, Region::default());
+        assert_eq!(gens.len(), 2);
+        assert!(forget.contains(&CacheKey::Lead(id)));
 
         let conv: Change =
             serde_json::from_str(&format!(r#"{{"t":"conversation","lead":"{id}"}}"#)).unwrap();

@@ -72,7 +72,9 @@ impl Phone {
         let mut s = caller_id.trim();
         // SIP URIs: sip:+16129782029@trunk.example.com;user=phone
         for scheme in ["sips:", "sip:", "tel:"] {
-            if s.len() >= scheme.len() && s[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            // Compare bytes: slicing the string could split a multi-byte character.
+            let prefix = s.as_bytes().get(..scheme.len());
+            if prefix.is_some_and(|p| p.eq_ignore_ascii_case(scheme.as_bytes())) {
                 s = &s[scheme.len()..];
                 break;
             }
@@ -115,11 +117,17 @@ impl fmt::Debug for Phone {
 }
 
 impl<'de> Deserialize<'de> for Phone {
-    /// Deserialises stored E.164 values (cache entries). Input from users goes through
-    /// [`Phone::parse`] with the configured region instead.
+    /// Deserialises stored E.164 values (cache entries, invalidation messages) as the store
+    /// reads them: by form, not by today's numbering plan, so that a number written directly
+    /// into the database always round-trips. Input from users goes through [`Phone::parse`].
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Phone::parse(&s, Region::default()).map_err(serde::de::Error::custom)
+        let digits = s.strip_prefix('+').unwrap_or("");
+        if (2..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Phone(s))
+        } else {
+            Err(serde::de::Error::custom("not an E.164 phone number"))
+        }
     }
 }
 
@@ -206,6 +214,23 @@ mod tests {
                 .as_str(),
             "+16129782029"
         );
+    }
+
+    #[test]
+    fn non_ascii_caller_ids_are_unknown_callers_not_panics() {
+        for id in ["abcé", "sipé:123", "télé", "\u{1F4DE}", "é"] {
+            assert_eq!(Phone::from_caller_id(id, us()), None, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn stored_numbers_round_trip_through_serde_by_form() {
+        // A number a newer numbering plan might reject still round-trips as stored.
+        let stored = Phone::from_stored("+15550000000".into());
+        let json = serde_json::to_string(&stored).unwrap();
+        assert_eq!(serde_json::from_str::<Phone>(&json).unwrap(), stored);
+        assert!(serde_json::from_str::<Phone>("\"6129782029\"").is_err());
+        assert!(serde_json::from_str::<Phone>("\"+1612abc\"").is_err());
     }
 
     #[test]

@@ -342,8 +342,21 @@ async fn post_call(
         tracing::info!(event_type = %sanitize_label(event_type), "post-call event acknowledged and ignored");
         return Ok(acknowledge("ignored"));
     }
+    // Applying and, failing that, spooling run on a task of their own: ElevenLabs sends each
+    // event once, so a dropped connection must not stop it half-way.
+    let task_state = state.clone();
+    let task = tokio::spawn(async move { apply_or_spool(&task_state, &envelope, bytes).await });
+    task.await
+        .unwrap_or_else(|e| Err(ApiError::Internal(format!("post-call task failed: {e}"))))
+}
+
+async fn apply_or_spool(
+    state: &AppState,
+    envelope: &Map<String, Value>,
+    bytes: Vec<u8>,
+) -> Result<Response> {
     let region = state.settings.default_region;
-    match postcall::apply_event(&state.lookup, &envelope, region).await {
+    match postcall::apply_event(&state.lookup, envelope, region).await {
         Ok(applied) => {
             if applied == Applied::Unmatched {
                 tracing::info!(
