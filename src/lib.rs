@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod lookup;
+pub mod monitoring;
 pub mod postcall;
 pub mod seed;
 pub mod spool;

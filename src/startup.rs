@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,9 +14,10 @@ use crate::cache::{spawn_background, BackgroundConfig, Cache, Liveness, LocalTie
 use crate::config::{Secret, ServeArgs};
 use crate::http::{self, AppState, Settings};
 use crate::lookup::Lookup;
+use crate::monitoring::{DownSince, Monitor, MonitorConfig};
 use crate::postcall;
 use crate::spool::Spool;
-use crate::store::{self, DynStore};
+use crate::store::{self, DynStore, InstrumentedStore};
 
 /// A built application: migrated store, bound listener, ready to serve.
 pub struct Application {
@@ -33,7 +35,7 @@ struct Background {
 
 /// The two tiers as configured: tier 1 unless `L1_MAX_MB=0`, tier 2 when `REDIS_URL` is set
 /// and `REDIS_ENABLED` is not false.
-fn build_cache(args: &ServeArgs) -> anyhow::Result<Cache> {
+fn build_cache(args: &ServeArgs, monitor: &Monitor) -> anyhow::Result<Cache> {
     let local = (args.l1_max_mb > 0).then(|| {
         LocalTier::new(
             args.l1_max_mb.saturating_mul(1024 * 1024),
@@ -46,6 +48,7 @@ fn build_cache(args: &ServeArgs) -> anyhow::Result<Cache> {
                 url.as_str(),
                 &args.redis_key_prefix,
                 Duration::from_millis(args.redis_timeout_ms),
+                Some(monitor.clone()),
             )
             .context("REDIS_URL: not a usable Redis URL")?,
         )),
@@ -62,6 +65,7 @@ fn build_cache(args: &ServeArgs) -> anyhow::Result<Cache> {
         Ttls::from_args(&args.ttl, args.stale_grace_s),
         liveness,
         Duration::from_secs(args.l1_max_age_s),
+        monitor.clone(),
     ))
 }
 
@@ -113,7 +117,9 @@ impl Application {
             webhook_deadline: args.webhook_deadline(),
             started_at: Instant::now(),
         };
-        let cache = Arc::new(build_cache(args)?);
+        let monitor = Monitor::new(MonitorConfig::from(&args.alerts));
+        let store: DynStore = Arc::new(InstrumentedStore::new(store));
+        let cache = Arc::new(build_cache(args, &monitor)?);
         // One quick look at Redis, so that an instance whose Redis is up serves with tier 2
         // from its first request. Bounded: with Redis down it starts at once, degraded, and the
         // background probe closes the breaker when Redis comes.
@@ -128,6 +134,8 @@ impl Application {
             lookup: Arc::new(Lookup::new(store.clone(), cache)),
             settings: Arc::new(settings),
             spool,
+            monitor,
+            db_down_since_ms: Arc::new(AtomicI64::new(0)),
         };
         let listen_url = args
             .database_listen_url
@@ -173,6 +181,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_rx_db = stop_rx.clone();
         let lookup = self.state.lookup.clone();
         spawn_background(
             lookup.cache().clone(),
@@ -194,9 +203,26 @@ impl Application {
                 lookup.warm(warm).await;
             });
         }
+        tokio::spawn(probe_database(
+            self.store.clone(),
+            self.state.db_down_since_ms.clone(),
+            stop_rx_db,
+        ));
+        let monitor = self.state.monitor.clone();
+        let redis = self.state.lookup.cache().remote().cloned();
+        let db_down = self.state.db_down_since_ms.clone();
+        monitor.spawn(Box::new(move || DownSince {
+            redis_ms: redis.as_ref().and_then(|r| r.breaker.down_since_ms()),
+            database_ms: Some(db_down.load(Ordering::Acquire)).filter(|t| *t > 0),
+        }));
         let router = http::router(self.state);
+        // SSE streams end as soon as shutdown begins: graceful shutdown waits for every open
+        // connection, and a stream never ends by itself.
         let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                monitor.shutdown();
+            })
             .await;
         let _ = stop_tx.send(true);
         served
@@ -224,4 +250,29 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+/// Pings the database every second, recording since when it has been failing (0 while up): the
+/// `database_down` alert and the dashboard read it without touching the database themselves.
+async fn probe_database(
+    store: DynStore,
+    down_since_ms: Arc<AtomicI64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let up = matches!(
+            tokio::time::timeout(Duration::from_secs(1), store.ping()).await,
+            Ok(Ok(()))
+        );
+        if up {
+            down_since_ms.store(0, Ordering::Release);
+        } else {
+            let now = chrono::Utc::now().timestamp_millis();
+            let _ = down_since_ms.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }

@@ -26,6 +26,7 @@ pub use remote::{Circuit, Remote, RemoteError, ServerInfo};
 pub use tasks::{spawn_background, BackgroundConfig};
 
 use crate::domain::{Channel, Lead, Organization};
+use crate::monitoring::{metrics, Monitor};
 use crate::store::StoreError;
 
 /// Tier-1 entries are trusted only this long while invalidations from other instances cannot
@@ -198,6 +199,7 @@ pub struct Cache {
     liveness: Arc<Liveness>,
     db_failing_until_ms: AtomicI64,
     fill_hook: Mutex<Option<FillHook>>,
+    monitor: Monitor,
 }
 
 /// A value and where it came from.
@@ -225,6 +227,7 @@ impl Cache {
         ttls: Ttls,
         liveness: Arc<Liveness>,
         max_trust: Duration,
+        monitor: Monitor,
     ) -> Cache {
         Cache {
             local,
@@ -237,6 +240,7 @@ impl Cache {
             liveness,
             db_failing_until_ms: AtomicI64::new(0),
             fill_hook: Mutex::new(None),
+            monitor,
         }
     }
 
@@ -313,6 +317,7 @@ impl Cache {
                         || found.inserted.elapsed() < DEGRADED_L1_AGE;
                     if trusted && found.entry.is_fresh(now) {
                         stats.hits_l1.fetch_add(1, Ordering::Relaxed);
+                        self.monitor.record_cache(kind.as_str(), "l1_hit");
                         if found.entry.wants_refresh(now) {
                             self.refresh(key, load);
                         }
@@ -341,6 +346,7 @@ impl Cache {
                     let entry = Arc::new(entry);
                     if entry.is_fresh(now) {
                         stats.hits_l2.fetch_add(1, Ordering::Relaxed);
+                        self.monitor.record_cache(kind.as_str(), "l2_hit");
                         if let Some(local) = &self.local {
                             local.insert(key.clone(), entry.clone(), encoded_len);
                         }
@@ -361,6 +367,7 @@ impl Cache {
 
         if let Some(entry) = stale.clone().filter(|_| self.db_failing()) {
             stats.stale.fetch_add(1, Ordering::Relaxed);
+            self.monitor.record_cache(kind.as_str(), "stale");
             self.refresh(key, load);
             return Ok(Hit {
                 entry,
@@ -384,6 +391,7 @@ impl Cache {
             None => unreachable!("a load is started when none runs"),
         };
         stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.monitor.record_cache(kind.as_str(), "miss");
         let wait = |pending: Shared<BoxFuture<'static, LoadOutput>>| async move {
             match deadline {
                 Some(at) => tokio::time::timeout_at(at.into(), pending).await.ok(),
@@ -410,6 +418,7 @@ impl Cache {
             Some(Err(e)) => match stale {
                 Some(entry) if e.is_unavailable() => {
                     stats.stale.fetch_add(1, Ordering::Relaxed);
+                    self.monitor.record_cache(kind.as_str(), "stale");
                     Ok(Hit {
                         entry,
                         source: Source::Stale,
@@ -420,6 +429,7 @@ impl Cache {
             None => match stale {
                 Some(entry) => {
                     stats.stale.fetch_add(1, Ordering::Relaxed);
+                    self.monitor.record_cache(kind.as_str(), "stale");
                     Ok(Hit {
                         entry,
                         source: Source::Stale,
@@ -539,7 +549,7 @@ impl Cache {
                 return Err(Arc::new(e));
             }
         };
-        let _load_time = started.elapsed();
+        self.monitor.record_load(kind.as_str(), started.elapsed());
         self.db_failing_until_ms.store(0, Ordering::Release);
         let hook = self.fill_hook.lock().expect("not poisoned").clone();
         if let Some(hook) = hook {
@@ -611,6 +621,7 @@ impl Cache {
     /// Counts what a change of `gens` invalidates, per kind.
     pub fn count_invalidation(&self, gens: &[GenKey], source: InvalidationSource) {
         self.invalidations_by_source[source as usize].fetch_add(1, Ordering::Relaxed);
+        metrics::invalidation(source.as_str());
         let mut kinds: Vec<Kind> = gens
             .iter()
             .flat_map(|g| kinds_of(g).iter().copied())

@@ -11,6 +11,7 @@ use redis::{AsyncCommands, Script};
 
 use super::entry::{now_ms, Entry, FORMAT_VERSION};
 use super::keys::{CacheKey, GenKey};
+use crate::monitoring::{metrics, Monitor};
 
 /// Consecutive failures that open the breaker.
 const FAILURES_TO_OPEN: u32 = 3;
@@ -144,6 +145,7 @@ pub struct Remote {
     get_gens: Script,
     fill: Script,
     bump: Script,
+    monitor: Option<Monitor>,
 }
 
 impl Remote {
@@ -153,6 +155,7 @@ impl Remote {
         url: &str,
         key_prefix: &str,
         timeout: Duration,
+        monitor: Option<Monitor>,
     ) -> Result<Remote, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
@@ -172,6 +175,7 @@ impl Remote {
             get_gens: Script::new(GET_GENS_LUA),
             fill: Script::new(FILL_LUA),
             bump: Script::new(BUMP_LUA),
+            monitor,
         })
     }
 
@@ -205,16 +209,21 @@ impl Remote {
         if !self.breaker.is_closed() {
             return Err(RemoteError::Open);
         }
+        let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(RemoteError::Redis(e)),
             Err(_) => Err(RemoteError::Timeout),
         };
+        if let Some(monitor) = &self.monitor {
+            monitor.record_redis(started.elapsed());
+        }
         match &result {
             Ok(_) => self.breaker.success(),
             Err(e) => {
                 if self.breaker.failure(e) {
                     tracing::warn!(error = %e, "redis circuit opened");
+                    metrics::redis_up(false);
                 }
             }
         }
@@ -368,6 +377,7 @@ impl Remote {
     /// Marks Redis reachable again (the probe succeeded).
     pub fn close_breaker(&self) {
         self.breaker.close();
+        metrics::redis_up(true);
     }
 
     /// Marks Redis unreachable (the probe failed while the breaker was closed).
@@ -375,6 +385,7 @@ impl Remote {
         for _ in 0..FAILURES_TO_OPEN {
             if self.breaker.failure(&error) {
                 tracing::warn!(error = %error, "redis circuit opened");
+                metrics::redis_up(false);
                 return;
             }
         }

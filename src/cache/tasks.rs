@@ -150,9 +150,11 @@ async fn subscribe(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
                     _ = shutdown.changed() => return,
                 }
             }
+            // Not flushed here but on reconnect (above): until then tier-1 entries are trusted
+            // only briefly (see `Liveness`), and they keep the last known values that are
+            // served stale if the database fails too.
             cache.liveness().pubsub.store(false, Ordering::Release);
-            cache.flush_local();
-            tracing::warn!("invalidation subscription lost; tier 1 flushed, reconnecting");
+            tracing::warn!("invalidation subscription lost; reconnecting (tier 1 is flushed then)");
         }
         if stopping(&mut shutdown, backoff).await {
             return;

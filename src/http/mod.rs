@@ -8,10 +8,11 @@ pub mod input;
 mod monitoring;
 mod webhooks;
 
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
@@ -20,6 +21,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::config::Secret;
 use crate::domain::Region;
 use crate::lookup::Lookup;
+use crate::monitoring::{metrics, Monitor};
 use crate::spool::Spool;
 
 pub use error::{ApiError, Result};
@@ -31,6 +33,9 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Where post-call events wait while the database is down.
     pub spool: Spool,
+    pub monitor: Monitor,
+    /// Since when (unix ms) the database has been failing its probe; 0 while it answers.
+    pub db_down_since_ms: Arc<AtomicI64>,
 }
 
 /// The settings the HTTP layer needs, resolved at start (secrets generated where unset).
@@ -53,7 +58,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         // After every merge: it applies to the routes registered before it.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::Internal(
                 "handler panicked".into(),
@@ -64,7 +69,7 @@ pub fn router(state: AppState) -> Router {
 
 /// One log line per request: method, route template, status, latency; a 5xx carries its
 /// internal detail here, and only here.
-async fn log_request(req: Request, next: Next) -> Response {
+async fn log_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -74,7 +79,17 @@ async fn log_request(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    // Monitoring's own traffic (dashboards polling, health probes) is kept out of the rolling
+    // window, so that watching the service never moves its figures or fires its alerts.
+    if is_monitoring_route(&route) {
+        metrics::http_request(&route, method.as_str(), status, elapsed);
+    } else {
+        state
+            .monitor
+            .record_request(&route, method.as_str(), status, elapsed);
+    }
     if let Some(detail) = response.extensions().get::<error::InternalDetail>() {
         tracing::error!(%method, %route, status, latency_ms, error = %detail.0, "request failed");
     } else if route == "/healthz" {
@@ -83,4 +98,11 @@ async fn log_request(req: Request, next: Next) -> Response {
         tracing::info!(%method, %route, status, latency_ms, "request");
     }
     response
+}
+
+fn is_monitoring_route(route: &str) -> bool {
+    route == "/healthz"
+        || route == "/metrics"
+        || route == "/dashboard"
+        || route.starts_with("/api/monitoring/")
 }

@@ -28,6 +28,84 @@ pub fn router() -> Router<AppState> {
         .route("/api/monitoring/health", get(health))
         .route("/api/monitoring/health/redis", get(redis_health))
         .route("/api/monitoring/cache/invalidate", post(invalidate))
+        .route("/api/monitoring/metrics", get(metrics_summary))
+        .route("/api/monitoring/metrics/performance", get(performance))
+        .route("/api/monitoring/stats/cache", get(cache_stats))
+        .route("/api/monitoring/alerts", get(alerts))
+        .route("/api/monitoring/stream", get(stream))
+        .route("/metrics", get(prometheus))
+        .route("/dashboard", get(dashboard))
+}
+
+async fn metrics_summary(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.monitor.summary())
+}
+
+async fn performance(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.monitor.performance())
+}
+
+async fn alerts(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.monitor.alerts())
+}
+
+async fn stream(State(state): State<AppState>) -> impl IntoResponse {
+    state.monitor.subscribe()
+}
+
+async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.monitor.render_prometheus(),
+    )
+}
+
+async fn dashboard() -> impl IntoResponse {
+    axum::response::Html(crate::monitoring::DASHBOARD_HTML)
+}
+
+/// One object per kind (since start: tier hits, misses, loads, invalidations, the kind's TTL),
+/// and the size of tier 1.
+async fn cache_stats(State(state): State<AppState>) -> impl IntoResponse {
+    use std::sync::atomic::Ordering::Relaxed;
+    let cache = state.lookup.cache();
+    let mut kinds = serde_json::Map::new();
+    for kind in Kind::ALL {
+        let s = cache.stats(kind);
+        let (l1, l2, misses, stale) = (
+            s.hits_l1.load(Relaxed),
+            s.hits_l2.load(Relaxed),
+            s.misses.load(Relaxed),
+            s.stale.load(Relaxed),
+        );
+        let lookups = l1 + l2 + misses + stale;
+        let hit_rate = (lookups > 0).then(|| (l1 + l2) as f64 * 100.0 / lookups as f64);
+        kinds.insert(
+            kind.as_str().into(),
+            json!({
+                "hits_l1": l1,
+                "hits_l2": l2,
+                "misses": misses,
+                "stale": stale,
+                "hit_rate_pct": hit_rate,
+                "loads": s.loads.load(Relaxed),
+                "load_errors": s.load_errors.load(Relaxed),
+                "invalidations": s.invalidations.load(Relaxed),
+                "ttl_s": cache.ttls().of(kind).as_secs(),
+            }),
+        );
+    }
+    let (entries, bytes) = cache.local_usage();
+    kinds.insert("l1_entries".into(), json!(entries));
+    kinds.insert("l1_bytes".into(), json!(bytes));
+    kinds.insert(
+        "negative_ttl_s".into(),
+        json!(cache.ttls().negative.as_secs()),
+    );
+    Json(Value::Object(kinds))
 }
 
 async fn healthz() -> impl IntoResponse {

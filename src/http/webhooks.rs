@@ -21,6 +21,7 @@ use super::input::Body;
 use super::{ApiError, AppState, Result};
 use crate::domain::{build_summary, Channel, Lead, LeadContext, Organization, Phone};
 use crate::lookup::Source;
+use crate::monitoring::metrics;
 use crate::postcall::{self, Applied, ApplyError};
 use crate::store::StoreError;
 
@@ -132,6 +133,7 @@ async fn conversation_initiation(
         );
     }
     let source = known.answer_source();
+    metrics::webhook_answer(source.as_str());
     let answer = initiation_answer(&state, &known);
     let mut response = Json(answer).into_response();
     response.headers_mut().insert(

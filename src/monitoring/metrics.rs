@@ -1,0 +1,385 @@
+//! Prometheus metrics: names, HELP text, and the recording functions.
+//!
+//! One recorder per process (`metrics` has one global recorder): [`install`] builds it once and
+//! every later call, from any app instance in the process, gets the same handle. Every family is
+//! described (HELP text, which `promtool check metrics` requires) and registered at zero at
+//! install, so a fresh instance already exposes all of them. The label sets that are closed
+//! (kinds, results, sources, alert names) are resolved to handles once, so recording one of them
+//! is an atomic add with no lookup; anything outside those sets is dropped, never exported, so
+//! no caller can put a phone number or an id into a label by mistake. HTTP labels are the route
+//! template (`MatchedPath`), the method and the status.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{OnceLock, PoisonError, RwLock};
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, Unit,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use super::alerts::ALERT_NAMES;
+use super::window::{CACHE_RESULTS, KINDS};
+
+pub const CACHE_REQUESTS: &str = "hotline_cache_requests_total";
+pub const CACHE_LOAD_DURATION: &str = "hotline_cache_load_duration_seconds";
+pub const CACHE_INVALIDATIONS: &str = "hotline_cache_invalidations_total";
+pub const HTTP_REQUEST_DURATION: &str = "hotline_http_request_duration_seconds";
+pub const REDIS_UP: &str = "hotline_redis_up";
+pub const REDIS_COMMAND_DURATION: &str = "hotline_redis_command_duration_seconds";
+pub const DB_QUERY_DURATION: &str = "hotline_db_query_duration_seconds";
+pub const ALERT_FIRING: &str = "hotline_alert_firing";
+pub const WEBHOOK_ANSWERS: &str = "hotline_webhook_answers_total";
+
+/// Every family this module exports.
+pub const FAMILIES: [&str; 9] = [
+    CACHE_REQUESTS,
+    CACHE_LOAD_DURATION,
+    CACHE_INVALIDATIONS,
+    HTTP_REQUEST_DURATION,
+    REDIS_UP,
+    REDIS_COMMAND_DURATION,
+    DB_QUERY_DURATION,
+    ALERT_FIRING,
+    WEBHOOK_ANSWERS,
+];
+
+/// The `source` label of the invalidation counter.
+pub const INVALIDATION_SOURCES: [&str; 4] = ["write", "pubsub", "notify", "manual"];
+/// The `source` label of the webhook answer counter (as in `X-Hotline-Source`).
+pub const ANSWER_SOURCES: [&str; 5] = ["l1", "l2", "db", "stale", "default"];
+
+/// Histogram buckets in seconds: fine enough for microsecond cache hits, wide enough for a
+/// database timing out.
+pub const BUCKETS: [f64; 19] = [
+    0.000_01, 0.000_02, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often [`spawn_upkeep`] drains histogram samples into their buckets.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Handles for the closed label sets, resolved once at install.
+struct Handles {
+    cache_requests: [[Counter; 4]; KINDS.len()],
+    cache_load: [Histogram; KINDS.len()],
+    invalidations: [Counter; 4],
+    answers: [Counter; 5],
+    alert_firing: [Gauge; 5],
+    redis_up: Gauge,
+    redis_command: Histogram,
+}
+
+struct Installed {
+    handle: PrometheusHandle,
+    handles: Handles,
+}
+
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// Builds the recorder and installs it as the process's global recorder, once; every call
+/// returns the same handle.
+pub fn install() -> PrometheusHandle {
+    INSTALLED
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&BUCKETS)
+                .expect("buckets are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "another metrics recorder is installed: /metrics will not show hotline's metrics"
+                );
+            }
+            describe();
+            let handles = register();
+            Installed { handle, handles }
+        })
+        .handle
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        CACHE_REQUESTS,
+        Unit::Count,
+        "Cache lookups by kind and result: l1_hit, l2_hit, miss (loaded from the database), stale (served past its TTL because the database failed)."
+    );
+    describe_histogram!(
+        CACHE_LOAD_DURATION,
+        Unit::Seconds,
+        "Time to load a cache miss from the database, by kind."
+    );
+    describe_counter!(
+        CACHE_INVALIDATIONS,
+        Unit::Count,
+        "Cache invalidations by source: write (through this instance), pubsub (from another instance), notify (Postgres NOTIFY), manual (admin endpoint)."
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "HTTP request duration by route template, method and status."
+    );
+    describe_gauge!(
+        REDIS_UP,
+        "1 while Redis answers (circuit closed), 0 while it does not or is disabled."
+    );
+    describe_histogram!(
+        REDIS_COMMAND_DURATION,
+        Unit::Seconds,
+        "Duration of Redis commands."
+    );
+    describe_histogram!(
+        DB_QUERY_DURATION,
+        Unit::Seconds,
+        "Duration of database queries by query name."
+    );
+    describe_gauge!(ALERT_FIRING, "1 while the named alert is firing, else 0.");
+    describe_counter!(
+        WEBHOOK_ANSWERS,
+        Unit::Count,
+        "Conversation-initiation webhook answers by source (as in X-Hotline-Source): l1, l2, db, stale, default."
+    );
+}
+
+/// Registers every family at zero. A histogram with labels we cannot know in advance (routes,
+/// query names) is registered with one zero-count series so that its HELP and TYPE are there
+/// from the start: `/healthz GET 200` and query `ping`.
+fn register() -> Handles {
+    let cache_requests = KINDS.map(|kind| {
+        CACHE_RESULTS.map(|result| counter!(CACHE_REQUESTS, "kind" => kind, "result" => result))
+    });
+    let cache_load = KINDS.map(|kind| histogram!(CACHE_LOAD_DURATION, "kind" => kind));
+    let invalidations =
+        INVALIDATION_SOURCES.map(|source| counter!(CACHE_INVALIDATIONS, "source" => source));
+    let answers = ANSWER_SOURCES.map(|source| counter!(WEBHOOK_ANSWERS, "source" => source));
+    let alert_firing = ALERT_NAMES.map(|alert| gauge!(ALERT_FIRING, "alert" => alert));
+    for c in cache_requests
+        .iter()
+        .flatten()
+        .chain(&invalidations)
+        .chain(&answers)
+    {
+        c.increment(0);
+    }
+    for g in &alert_firing {
+        g.set(0.0);
+    }
+    let redis_up = gauge!(REDIS_UP);
+    redis_up.set(0.0);
+    let _ = histogram!(HTTP_REQUEST_DURATION, "route" => "/healthz", "method" => "GET", "status" => "200");
+    let _ = histogram!(DB_QUERY_DURATION, "query" => "ping");
+    Handles {
+        cache_requests,
+        cache_load,
+        invalidations,
+        answers,
+        alert_firing,
+        redis_up,
+        redis_command: histogram!(REDIS_COMMAND_DURATION),
+    }
+}
+
+fn handles() -> Option<&'static Handles> {
+    INSTALLED.get().map(|i| &i.handles)
+}
+
+fn index(set: &[&str], value: &str) -> Option<usize> {
+    set.iter().position(|v| *v == value)
+}
+
+/// A cache lookup: `kind` a cache kind, `result` one of `l1_hit`, `l2_hit`, `miss`, `stale`.
+pub fn cache_request(kind: &str, result: &str) {
+    if let (Some(h), Some(k), Some(r)) = (
+        handles(),
+        index(&KINDS, kind),
+        index(&CACHE_RESULTS, result),
+    ) {
+        h.cache_requests[k][r].increment(1);
+    }
+}
+
+/// A load from the store after a miss.
+pub fn cache_load(kind: &str, d: Duration) {
+    if let (Some(h), Some(k)) = (handles(), index(&KINDS, kind)) {
+        h.cache_load[k].record(d.as_secs_f64());
+    }
+}
+
+/// An invalidation: `source` one of `write`, `pubsub`, `notify`, `manual`.
+pub fn invalidation(source: &str) {
+    if let (Some(h), Some(s)) = (handles(), index(&INVALIDATION_SOURCES, source)) {
+        h.invalidations[s].increment(1);
+    }
+}
+
+/// An HTTP response. `route` must be a route template (`MatchedPath`, or a fixed name such as
+/// `unmatched` for a 404 without a route), never a raw path.
+pub fn http_request(route: &str, method: &str, status: u16, d: Duration) {
+    if let Some(histogram) = http_histogram(route, method, status) {
+        histogram.record(d.as_secs_f64());
+    }
+}
+
+/// HTTP histogram handles by (route, method, status), so that recording a request is a hash
+/// and an atomic push rather than allocating labels and looking the key up in the registry.
+type HttpHandles = HashMap<u64, Vec<(Box<str>, Box<str>, u16, Histogram)>>;
+static HTTP_HANDLES: RwLock<Option<HttpHandles>> = RwLock::new(None);
+/// Past this many label sets, handles are no longer cached (still recorded).
+const HTTP_HANDLES_MAX: usize = 1024;
+
+fn http_histogram(route: &str, method: &str, status: u16) -> Option<Histogram> {
+    handles()?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    (route, method, status).hash(&mut hasher);
+    let hash = hasher.finish();
+    let matches = |(r, m, s, _): &&(Box<str>, Box<str>, u16, Histogram)| {
+        &**r == route && &**m == method && *s == status
+    };
+    if let Some(h) = HTTP_HANDLES
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .and_then(|map| map.get(&hash))
+        .and_then(|v| v.iter().find(matches))
+        .map(|(.., h)| h.clone())
+    {
+        return Some(h);
+    }
+    let histogram = histogram!(
+        HTTP_REQUEST_DURATION,
+        "route" => route.to_owned(),
+        "method" => method.to_owned(),
+        "status" => status.to_string(),
+    );
+    let mut guard = HTTP_HANDLES.write().unwrap_or_else(PoisonError::into_inner);
+    let map = guard.get_or_insert_with(HashMap::new);
+    if map.len() < HTTP_HANDLES_MAX {
+        let entry = map.entry(hash).or_default();
+        if !entry.iter().any(|e| matches(&e)) {
+            entry.push((route.into(), method.into(), status, histogram.clone()));
+        }
+    }
+    Some(histogram)
+}
+
+/// Whether Redis answers.
+pub fn redis_up(up: bool) {
+    if let Some(h) = handles() {
+        h.redis_up.set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+/// One Redis command.
+pub fn redis_command(d: Duration) {
+    if let Some(h) = handles() {
+        h.redis_command.record(d.as_secs_f64());
+    }
+}
+
+/// One database query, named by a fixed string (the store method: `lead_by_phone`, `ping`…).
+pub fn db_query(query: &'static str, d: Duration) {
+    if handles().is_none() {
+        return;
+    }
+    histogram!(DB_QUERY_DURATION, "query" => query).record(d.as_secs_f64());
+}
+
+/// Sets `hotline_alert_firing{alert}`.
+pub fn alert_firing(name: &str, firing: bool) {
+    if let (Some(h), Some(a)) = (handles(), index(&ALERT_NAMES, name)) {
+        h.alert_firing[a].set(if firing { 1.0 } else { 0.0 });
+    }
+}
+
+/// A conversation-initiation answer: `source` one of `l1`, `l2`, `db`, `stale`, `default`.
+pub fn webhook_answer(source: &str) {
+    if let (Some(h), Some(s)) = (handles(), index(&ANSWER_SOURCES, source)) {
+        h.answers[s].increment(1);
+    }
+}
+
+/// The Prometheus text exposition.
+pub fn render(handle: &PrometheusHandle) -> String {
+    handle.render()
+}
+
+/// Drains histogram samples into buckets every [`UPKEEP_EVERY`]; without it they pile up
+/// between scrapes. Harmless when several instances in one process each run one.
+pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_is_idempotent_and_every_family_has_help_and_type() {
+        let handle = install();
+        let again = install();
+        let text = render(&again);
+        for family in FAMILIES {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "no HELP for {family}:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "no TYPE for {family}:\n{text}"
+            );
+        }
+        for kind in KINDS {
+            for result in CACHE_RESULTS {
+                let series = format!("{CACHE_REQUESTS}{{kind=\"{kind}\",result=\"{result}\"}}");
+                assert!(text.contains(&series), "no {series}");
+            }
+            let series = format!("{CACHE_LOAD_DURATION}_count{{kind=\"{kind}\"}}");
+            assert!(text.contains(&series), "no {series}");
+        }
+        for source in INVALIDATION_SOURCES {
+            assert!(text.contains(&format!("{CACHE_INVALIDATIONS}{{source=\"{source}\"}}")));
+        }
+        for source in ANSWER_SOURCES {
+            assert!(text.contains(&format!("{WEBHOOK_ANSWERS}{{source=\"{source}\"}}")));
+        }
+        for alert in ALERT_NAMES {
+            assert!(text.contains(&format!("{ALERT_FIRING}{{alert=\"{alert}\"}}")));
+        }
+        assert!(text.contains("# TYPE hotline_http_request_duration_seconds histogram"));
+        assert!(text.contains("le=\"0.00002\""), "fine buckets:\n{text}");
+        drop(handle);
+    }
+
+    #[test]
+    fn recording_shows_in_the_render() {
+        let handle = install();
+        webhook_answer("stale");
+        webhook_answer("not-a-source");
+        http_request("/api/leads/{id}", "GET", 200, Duration::from_micros(30));
+        db_query("lead", Duration::from_millis(3));
+        alert_firing("redis_down", true);
+        alert_firing("redis_down", false);
+        handle.run_upkeep();
+        let text = render(&handle);
+        assert!(text.contains("hotline_http_request_duration_seconds_count{route=\"/api/leads/{id}\",method=\"GET\",status=\"200\"}"));
+        assert!(text.contains("hotline_db_query_duration_seconds_count{query=\"lead\"}"));
+        assert!(!text.contains("not-a-source"));
+        let answered = text
+            .lines()
+            .find(|l| l.starts_with("hotline_webhook_answers_total{source=\"stale\"}"))
+            .unwrap();
+        let n: u64 = answered.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(n >= 1);
+    }
+}
