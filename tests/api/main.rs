@@ -2,7 +2,9 @@
 
 mod support;
 
+mod cache;
 mod embedded;
+mod faults;
 mod hostile;
 mod logging;
 mod seed;

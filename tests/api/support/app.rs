@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use hotline::cache::Cache;
 use hotline::config::{Cli, Command, ServeArgs};
 use hotline::startup::Application;
 use hotline::store::DynStore;
@@ -21,6 +22,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub db: Arc<TestDb>,
     pub store: DynStore,
+    /// The app's cache, for tests that look inside it (stats, fill hooks).
+    pub cache: Arc<Cache>,
     // Keeps the spool directory alive as long as the app; the spool tests read it.
     #[allow(dead_code)]
     pub spool_dir: Arc<tempfile::TempDir>,
@@ -82,13 +85,31 @@ pub async fn spawn_app_with(
     extra: &[&str],
     adjust: impl FnOnce(&mut ServeArgs),
 ) -> TestApp {
+    spawn_app_full(db, extra, adjust, |store| store).await
+}
+
+/// The most general form: flags, adjusted settings, and a wrapper around the real store (for
+/// example one that counts loads).
+pub async fn spawn_app_full(
+    db: Arc<TestDb>,
+    extra: &[&str],
+    adjust: impl FnOnce(&mut ServeArgs),
+    wrap: impl FnOnce(DynStore) -> DynStore,
+) -> TestApp {
     init_test_log();
     let spool_dir = Arc::new(tempfile::tempdir().expect("spool dir"));
     let mut args = serve_args(&db.url, spool_dir.path(), extra);
     adjust(&mut args);
-    let (app, _) = Application::build(&args).await.expect("app builds");
+    let store = hotline::store::connect(args.db.database_url.as_str())
+        .await
+        .expect("store opens");
+    store.migrate().await.expect("store migrates");
+    let (app, _) = Application::build_with_store(&args, wrap(store))
+        .await
+        .expect("app builds");
     let base = format!("http://{}", app.local_addr());
     let store = app.store().clone();
+    let cache = app.state().lookup.cache().clone();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         app.run_until(async {
@@ -102,6 +123,7 @@ pub async fn spawn_app_with(
         client: reqwest::Client::new(),
         db,
         store,
+        cache,
         spool_dir,
         shutdown: Some(tx),
         server: Some(server),

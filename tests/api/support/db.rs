@@ -1,7 +1,9 @@
 //! A fresh database per test: a new Postgres database on the test server, or a SQLite file in a
 //! temporary directory. Dropped (Postgres) or deleted (SQLite) when the test ends.
 
-use sqlx::{Connection, Executor, PgConnection};
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 use uuid::Uuid;
 
 /// The server tests create their databases on; `HOTLINE_TEST_DATABASE_URL` overrides it.
@@ -57,6 +59,47 @@ impl TestDb {
     /// A direct connection, for tests that write around the service as other writers do.
     pub async fn pg_connection(&self) -> PgConnection {
         PgConnection::connect(&self.url).await.expect("connect")
+    }
+
+    /// A direct connection to the SQLite file, for writes made around the service.
+    pub async fn sqlite_connection(&self) -> SqliteConnection {
+        assert!(!self.is_postgres(), "a SQLite test database");
+        SqliteConnection::connect(&self.url).await.expect("connect")
+    }
+
+    /// The Postgres server's address (for a proxy in front of it).
+    pub fn pg_addr(&self) -> SocketAddr {
+        let (_, authority, _) = self.pg_parts();
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        let host = if host.contains(':') {
+            host.to_string()
+        } else {
+            format!("{host}:5432")
+        };
+        host.to_socket_addrs()
+            .expect("a resolvable Postgres address")
+            .next()
+            .expect("an address")
+    }
+
+    /// This database's URL with the server's address replaced by `addr` (a proxy).
+    pub fn pg_url_via(&self, addr: SocketAddr) -> String {
+        let (scheme, authority, path) = self.pg_parts();
+        let user = authority
+            .rsplit_once('@')
+            .map(|(user, _)| format!("{user}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{user}{addr}/{path}")
+    }
+
+    /// (scheme, user@host:port, database[?query]) of the Postgres URL.
+    fn pg_parts(&self) -> (&str, &str, &str) {
+        assert!(self.is_postgres(), "a Postgres test database");
+        let (scheme, rest) = self.url.split_once("://").expect("a URL");
+        let (authority, path) = rest.split_once('/').expect("a database path");
+        (scheme, authority, path)
     }
 }
 

@@ -1,2 +1,4 @@
 pub mod app;
+pub mod counting;
 pub mod db;
+pub mod infra;
