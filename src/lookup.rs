@@ -2,6 +2,7 @@
 //! cache; and the writes, each of which invalidates what it changed once it has committed.
 //! Handlers go through here and never reach the store or Redis directly.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -58,6 +59,13 @@ fn take<T>(hit: Hit, f: impl FnOnce(&Value) -> Option<T>) -> StoreResult<Sourced
     }
 }
 
+fn text(v: &Value) -> Option<Arc<String>> {
+    match v {
+        Value::Text(t) => Some(t.clone()),
+        _ => None,
+    }
+}
+
 /// Loads a lead's context, observing the lead's and then its organization's generation before
 /// reading their rows.
 async fn load_context(ctx: &LoadCtx, store: &DynStore, lead_id: Uuid) -> StoreResult<LeadContext> {
@@ -86,28 +94,42 @@ impl Lookup {
         &self.cache
     }
 
+    /// Reads `key` through the cache, loading it with `load` (given the store) on a miss, and
+    /// takes the kind's variant out of the value with `pick`.
+    async fn read<T, F, Fut>(
+        &self,
+        key: CacheKey,
+        deadline: Option<Instant>,
+        load: F,
+        pick: fn(&Value) -> Option<T>,
+    ) -> StoreResult<Sourced<T>>
+    where
+        F: FnOnce(Arc<LoadCtx>, DynStore) -> Fut + Send + 'static,
+        Fut: Future<Output = StoreResult<Value>> + Send + 'static,
+    {
+        let store = self.store.clone();
+        let hit = self
+            .cache
+            .get(key, deadline, move |ctx| load(ctx, store))
+            .await
+            .map_err(miss)?;
+        take(hit, pick)
+    }
+
     pub async fn organization(
         &self,
         id: Uuid,
         deadline: Option<Instant>,
     ) -> StoreResult<Sourced<Arc<Organization>>> {
-        let store = self.store.clone();
-        let hit = self
-            .cache
-            .get(
-                CacheKey::Organization(id),
-                deadline,
-                move |ctx| async move {
-                    ctx.observe(GenKey::Organization(id)).await;
-                    Ok(Value::Organization(Arc::new(store.organization(id).await?)))
-                },
-            )
-            .await
-            .map_err(miss)?;
-        take(hit, |v| match v {
+        let load = move |ctx: Arc<LoadCtx>, store: DynStore| async move {
+            ctx.observe(GenKey::Organization(id)).await;
+            Ok(Value::Organization(Arc::new(store.organization(id).await?)))
+        };
+        self.read(CacheKey::Organization(id), deadline, load, |v| match v {
             Value::Organization(o) => Some(o.clone()),
             _ => None,
         })
+        .await
     }
 
     pub async fn organization_by_phone(
@@ -115,25 +137,18 @@ impl Lookup {
         phone: &Phone,
         deadline: Option<Instant>,
     ) -> StoreResult<Sourced<Option<Arc<Organization>>>> {
-        let store = self.store.clone();
         let p = phone.clone();
-        let hit = self
-            .cache
-            .get(
-                CacheKey::OrganizationByPhone(phone.clone()),
-                deadline,
-                move |ctx| async move {
-                    ctx.observe(GenKey::OrganizationPhone(p.clone())).await;
-                    let org = store.organization_by_phone(&p).await?;
-                    Ok(Value::MaybeOrganization(org.map(Arc::new)))
-                },
-            )
-            .await
-            .map_err(miss)?;
-        take(hit, |v| match v {
+        let load = move |ctx: Arc<LoadCtx>, store: DynStore| async move {
+            ctx.observe(GenKey::OrganizationPhone(p.clone())).await;
+            let org = store.organization_by_phone(&p).await?;
+            Ok(Value::MaybeOrganization(org.map(Arc::new)))
+        };
+        let key = CacheKey::OrganizationByPhone(phone.clone());
+        self.read(key, deadline, load, |v| match v {
             Value::MaybeOrganization(o) => Some(o.clone()),
             _ => None,
         })
+        .await
     }
 
     pub async fn lead(
@@ -141,19 +156,15 @@ impl Lookup {
         id: Uuid,
         deadline: Option<Instant>,
     ) -> StoreResult<Sourced<Arc<Lead>>> {
-        let store = self.store.clone();
-        let hit = self
-            .cache
-            .get(CacheKey::Lead(id), deadline, move |ctx| async move {
-                ctx.observe(GenKey::Lead(id)).await;
-                Ok(Value::Lead(Arc::new(store.lead(id).await?)))
-            })
-            .await
-            .map_err(miss)?;
-        take(hit, |v| match v {
+        let load = move |ctx: Arc<LoadCtx>, store: DynStore| async move {
+            ctx.observe(GenKey::Lead(id)).await;
+            Ok(Value::Lead(Arc::new(store.lead(id).await?)))
+        };
+        self.read(CacheKey::Lead(id), deadline, load, |v| match v {
             Value::Lead(l) => Some(l.clone()),
             _ => None,
         })
+        .await
     }
 
     /// The lead of a caller of an organization; `None` (cached too) for an unknown caller.
@@ -163,26 +174,19 @@ impl Lookup {
         phone: &Phone,
         deadline: Option<Instant>,
     ) -> StoreResult<Sourced<Option<Arc<Lead>>>> {
-        let store = self.store.clone();
         let p = phone.clone();
-        let hit = self
-            .cache
-            .get(
-                CacheKey::LeadByPhone(organization_id, phone.clone()),
-                deadline,
-                move |ctx| async move {
-                    ctx.observe(GenKey::LeadPhone(organization_id, p.clone()))
-                        .await;
-                    let lead = store.lead_by_phone(organization_id, &p).await?;
-                    Ok(Value::MaybeLead(lead.map(Arc::new)))
-                },
-            )
-            .await
-            .map_err(miss)?;
-        take(hit, |v| match v {
+        let load = move |ctx: Arc<LoadCtx>, store: DynStore| async move {
+            ctx.observe(GenKey::LeadPhone(organization_id, p.clone()))
+                .await;
+            let lead = store.lead_by_phone(organization_id, &p).await?;
+            Ok(Value::MaybeLead(lead.map(Arc::new)))
+        };
+        let key = CacheKey::LeadByPhone(organization_id, phone.clone());
+        self.read(key, deadline, load, |v| match v {
             Value::MaybeLead(l) => Some(l.clone()),
             _ => None,
         })
+        .await
     }
 
     /// The lead, its organization and its recent conversations on every channel.
@@ -191,24 +195,16 @@ impl Lookup {
         lead_id: Uuid,
         deadline: Option<Instant>,
     ) -> StoreResult<Sourced<Arc<LeadContext>>> {
-        let store = self.store.clone();
-        let hit = self
-            .cache
-            .get(
-                CacheKey::Context(lead_id),
-                deadline,
-                move |ctx| async move {
-                    Ok(Value::Context(Arc::new(
-                        load_context(&ctx, &store, lead_id).await?,
-                    )))
-                },
-            )
-            .await
-            .map_err(miss)?;
-        take(hit, |v| match v {
+        let load = move |ctx: Arc<LoadCtx>, store: DynStore| async move {
+            Ok(Value::Context(Arc::new(
+                load_context(&ctx, &store, lead_id).await?,
+            )))
+        };
+        self.read(CacheKey::Context(lead_id), deadline, load, |v| match v {
             Value::Context(c) => Some(c.clone()),
             _ => None,
         })
+        .await
     }
 
     /// A bounded summary of the lead's recent conversations (empty when there are none).
@@ -217,28 +213,17 @@ impl Lookup {
         lead_id: Uuid,
         deadline: Option<Instant>,
     ) -> StoreResult<Sourced<Arc<String>>> {
-        let store = self.store.clone();
-        let hit = self
-            .cache
-            .get(
-                CacheKey::Summary(lead_id),
-                deadline,
-                move |ctx| async move {
-                    ctx.observe(GenKey::Lead(lead_id)).await;
-                    store.lead(lead_id).await?;
-                    let recent = store
-                        .conversations(lead_id, CONTEXT_CONVERSATIONS, 0)
-                        .await?;
-                    let briefs: Vec<_> = recent.iter().map(Into::into).collect();
-                    Ok(Value::Text(Arc::new(build_summary(&briefs))))
-                },
-            )
+        let load = move |ctx: Arc<LoadCtx>, store: DynStore| async move {
+            ctx.observe(GenKey::Lead(lead_id)).await;
+            store.lead(lead_id).await?;
+            let recent = store
+                .conversations(lead_id, CONTEXT_CONVERSATIONS, 0)
+                .await?;
+            let briefs: Vec<_> = recent.iter().map(Into::into).collect();
+            Ok(Value::Text(Arc::new(build_summary(&briefs))))
+        };
+        self.read(CacheKey::Summary(lead_id), deadline, load, text)
             .await
-            .map_err(miss)?;
-        take(hit, |v| match v {
-            Value::Text(t) => Some(t.clone()),
-            _ => None,
-        })
     }
 
     /// The greeting for a known lead on a channel.
@@ -248,28 +233,17 @@ impl Lookup {
         channel: Channel,
         deadline: Option<Instant>,
     ) -> StoreResult<Sourced<Arc<String>>> {
-        let store = self.store.clone();
-        let hit = self
-            .cache
-            .get(
-                CacheKey::Greeting(lead_id, channel),
-                deadline,
-                move |ctx| async move {
-                    let context = load_context(&ctx, &store, lead_id).await?;
-                    Ok(Value::Text(Arc::new(build_greeting(
-                        Some(&context.organization),
-                        Some(&context),
-                        channel,
-                        Utc::now(),
-                    ))))
-                },
-            )
-            .await
-            .map_err(miss)?;
-        take(hit, |v| match v {
-            Value::Text(t) => Some(t.clone()),
-            _ => None,
-        })
+        let load = move |ctx: Arc<LoadCtx>, store: DynStore| async move {
+            let context = load_context(&ctx, &store, lead_id).await?;
+            Ok(Value::Text(Arc::new(build_greeting(
+                Some(&context.organization),
+                Some(&context),
+                channel,
+                Utc::now(),
+            ))))
+        };
+        let key = CacheKey::Greeting(lead_id, channel);
+        self.read(key, deadline, load, text).await
     }
 
     /// The greeting for an unknown caller of an organization (or of no known organization).
@@ -288,27 +262,23 @@ impl Lookup {
         limit: i64,
         offset: i64,
     ) -> StoreResult<Sourced<Arc<Vec<Conversation>>>> {
-        let store = self.store.clone();
+        let load = move |ctx: Arc<LoadCtx>, store: DynStore| async move {
+            ctx.observe(GenKey::Lead(lead_id)).await;
+            store.lead(lead_id).await?;
+            Ok(Value::History(Arc::new(
+                store.conversations(lead_id, limit, offset).await?,
+            )))
+        };
         let key = CacheKey::History {
             lead: lead_id,
             limit,
             offset,
         };
-        let hit = self
-            .cache
-            .get(key, None, move |ctx| async move {
-                ctx.observe(GenKey::Lead(lead_id)).await;
-                store.lead(lead_id).await?;
-                Ok(Value::History(Arc::new(
-                    store.conversations(lead_id, limit, offset).await?,
-                )))
-            })
-            .await
-            .map_err(miss)?;
-        take(hit, |v| match v {
+        self.read(key, None, load, |v| match v {
             Value::History(h) => Some(h.clone()),
             _ => None,
         })
+        .await
     }
 
     // Writes: each is acknowledged only once the store has committed it, and invalidates what
