@@ -60,6 +60,17 @@ ensure_redis() {
   redis_up || die "Redis did not start; see /var/log/redis/ci.log"
 }
 
+# The monitoring tests check /metrics with promtool and load the dashboard in headless Chromium;
+# they fail (never skip) without them.
+ensure_test_tools() {
+  local missing=()
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  apt_install "${missing[@]}" ||
+    die "promtool or chromium is missing; install them (apt-get install ${missing[*]})"
+}
+
 ensure_nextest() {
   command -v cargo-nextest >/dev/null 2>&1 && return 0
   say "installing cargo-nextest"
@@ -68,6 +79,7 @@ ensure_nextest() {
 
 [ -n "$own_pg" ] || ensure_postgres
 [ -n "$own_redis" ] || ensure_redis
+ensure_test_tools
 ensure_nextest
 
 cargo nextest run --all-targets --no-fail-fast "$@"

@@ -383,6 +383,7 @@ impl Cache {
             Some(Pending::Load(pending, joined)) => (pending, joined),
             Some(Pending::Filled(entry)) => {
                 stats.hits_l1.fetch_add(1, Ordering::Relaxed);
+                self.monitor.record_cache(kind.as_str(), "l1_hit");
                 return Ok(Hit {
                     entry,
                     source: Source::L1,

@@ -134,7 +134,8 @@ async fn redis_report(state: &AppState) -> Value {
         "enabled": true,
         "connected": connected,
         "circuit": remote.breaker.state().as_str(),
-        "latency_ms": remote.latency_ms(),
+        // This check's own round trip: none when Redis did not answer (not the last one seen).
+        "latency_ms": info.as_ref().and_then(|_| remote.latency_ms()),
         "redis_version": info.as_ref().map(|i| i.redis_version.clone()),
         "used_memory_human": info.as_ref().map(|i| i.used_memory_human.clone()),
         "connected_clients": info.as_ref().map(|i| i.connected_clients),

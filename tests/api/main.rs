@@ -7,6 +7,7 @@ mod embedded;
 mod faults;
 mod hostile;
 mod logging;
+mod monitoring;
 mod seed;
 mod store;
 mod store_api;

@@ -1,4 +1,7 @@
 pub mod app;
+pub mod browser;
 pub mod counting;
 pub mod db;
+pub mod hook;
 pub mod infra;
+pub mod sse;
