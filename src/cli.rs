@@ -16,6 +16,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             migrate(&args).await.map(|_| ())
         }
         Command::Seed(args) => seed_command(args).await,
+        Command::Validate(args) => validate_command(args).await,
+        Command::Bench(args) => crate::bench::run(*args).await,
     }
 }
 
@@ -48,6 +50,24 @@ async fn seed_command(args: SeedArgs) -> anyhow::Result<()> {
         report.conversations,
         report.elapsed.as_secs_f64()
     );
+    Ok(())
+}
+
+async fn validate_command(args: crate::config::ValidateArgs) -> anyhow::Result<()> {
+    use crate::validate::{self, ValidateOptions};
+    let mut opts = ValidateOptions::new(args.url.as_str());
+    opts.admin_token = args.admin_token.map(|s| s.expose().to_string());
+    opts.webhook_secret = args.webhook_secret.map(|s| s.expose().to_string());
+    opts.latency_target_ms = args.latency_target_ms;
+    let report = validate::run(&opts).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    if !report.passed {
+        std::process::exit(1);
+    }
     Ok(())
 }
 

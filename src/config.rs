@@ -29,6 +29,10 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Fill the store with realistic demo data.
     Seed(SeedArgs),
+    /// Production-readiness checks against a running instance.
+    Validate(ValidateArgs),
+    /// Load-test a running instance (see scripts/bench.sh).
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// A secret from the environment: never printed by `Debug`.
@@ -245,6 +249,26 @@ pub struct SeedArgs {
     pub seed: u64,
 }
 
+/// Everything `hotline validate` reads.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// Base URL of the running instance, e.g. `http://127.0.0.1:8080`.
+    #[arg(long, env = "HOTLINE_URL", value_parser = parse_http_url)]
+    pub url: SchemeUrl,
+    /// The instance's admin token (for the test organization the checks work in).
+    #[arg(long, env = "ADMIN_TOKEN", value_parser = parse_secret, hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+    /// The instance's initiation webhook secret.
+    #[arg(long, env = "WEBHOOK_SECRET", value_parser = parse_secret, hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// `warm_latency` passes when the client-side p99 is at most this many milliseconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub latency_target_ms: f64,
+}
+
 /// Everything `hotline serve` reads.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -394,6 +418,7 @@ impl Cli {
         if args.len() <= 1 || (first.starts_with('-') && !is_meta) {
             args.insert(1.min(args.len()), "serve".into());
         }
+        let subcommand = args.get(1).and_then(|a| a.to_str()).map(str::to_string);
         let parsed = Cli::try_parse_from(args).and_then(|c| {
             c.command.ok_or_else(|| {
                 use clap::CommandFactory;
@@ -403,11 +428,11 @@ impl Cli {
                 )
             })
         });
-        parsed.unwrap_or_else(|e| exit_with(e))
+        parsed.unwrap_or_else(|e| exit_with(e, subcommand.as_deref()))
     }
 }
 
-fn exit_with(err: clap::Error) -> ! {
+fn exit_with(err: clap::Error, subcommand: Option<&str>) -> ! {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     let is_value_error = matches!(
         err.kind(),
@@ -426,7 +451,11 @@ fn exit_with(err: clap::Error) -> ! {
         .unwrap_or_default()
         .trim_start_matches('-')
         .to_string();
-    let env = env_name_for(&long).unwrap_or_else(|| long.clone());
+    // Several subcommands may have the same flag (`--url`): the one in use names it.
+    let env = subcommand
+        .and_then(|sub| env_name_in(sub, &long))
+        .or_else(|| env_name_for(&long))
+        .unwrap_or_else(|| long.clone());
     let reason = err
         .source()
         .map(|s| s.to_string())
@@ -440,6 +469,19 @@ fn exit_with(err: clap::Error) -> ! {
 }
 
 use std::error::Error as _;
+
+/// The environment variable behind a long flag of one subcommand.
+fn env_name_in(subcommand: &str, long: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let sub = cmd.find_subcommand(subcommand)?;
+    let env = sub
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .and_then(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned());
+    env
+}
 
 /// The environment variable behind a long flag, searched through every subcommand.
 fn env_name_for(long: &str) -> Option<String> {
@@ -507,6 +549,10 @@ mod tests {
         assert!(parse_redis_url("http://h").is_err());
         assert!(parse_secret("short").is_err());
         assert_eq!(env_name_for("ttl-lead-s").as_deref(), Some("TTL_LEAD_S"));
+        assert_eq!(
+            env_name_in("validate", "url").as_deref(),
+            Some("HOTLINE_URL")
+        );
     }
 
     #[test]

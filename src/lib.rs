@@ -3,6 +3,7 @@
 //! Data flows one way: HTTP handler -> [`lookup`] -> [`cache`] tiers -> [`store`]. Handlers
 //! never touch Redis or SQL; the store knows nothing of the cache; the cache nothing of HTTP.
 
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -16,3 +17,4 @@ pub mod spool;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod validate;

@@ -11,4 +11,5 @@ mod monitoring;
 mod seed;
 mod store;
 mod store_api;
+mod validate;
 mod webhooks;

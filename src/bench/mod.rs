@@ -1,0 +1,621 @@
+//! `hotline bench`: a load generator for the conversation-initiation webhook and `/healthz`.
+//!
+//! HTTP/1.1 keep-alive over one `reqwest::Client`, a fixed number of workers, callers chosen by
+//! a seeded Zipf distribution over the seeded leads plus a share of unknown callers. Store loads
+//! and tier hits are read from `/api/monitoring/stats/cache` before and after the measured phase;
+//! the answer's `X-Hotline-Source` gives the hit rate per tier as the caller sees it.
+//! `scripts/bench.sh` drives it across scenarios.
+
+pub mod stats;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, ValueEnum};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Map, Value};
+
+use crate::cache::Source;
+use crate::config::DatabaseUrl;
+
+/// The initiation webhook's path (as served by `http::webhooks`).
+const INITIATION_PATH: &str = "/webhooks/elevenlabs/conversation-initiation";
+pub use stats::{Latencies, Zipf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// GET /healthz: the HTTP stack alone.
+    Healthz,
+    /// POST the initiation webhook for Zipf-chosen callers.
+    Webhook,
+    /// `--stampede-requests` requests at once for one caller (run it on a cold instance).
+    Stampede,
+}
+
+impl Scenario {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scenario::Healthz => "healthz",
+            Scenario::Webhook => "webhook",
+            Scenario::Stampede => "stampede",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Base URL of the hotline instance under test.
+    #[arg(long, env = "BENCH_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    #[arg(long, value_enum, default_value = "webhook")]
+    pub scenario: Scenario,
+    /// A name for this run in the output (default: the scenario's).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// How long the measured phase lasts (healthz, webhook).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub duration_s: u64,
+    /// Concurrent workers, each with one request in flight (healthz, webhook).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub concurrency: u64,
+    /// Where the callers are read from: `select` the leads' and their organizations' numbers.
+    /// Postgres or SQLite; needed by the webhook and stampede scenarios.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<DatabaseUrl>,
+    /// At most this many callers (the Zipf ranks), in a fixed order.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub callers: u64,
+    /// Share of requests, in percent, from valid numbers that are not leads.
+    #[arg(long, default_value_t = 10.0)]
+    pub unknown_pct: f64,
+    /// The Zipf exponent over callers (1.0: the k-th caller calls 1/k as often as the first).
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf_s: f64,
+    /// Seed of every random choice: the same seed, the same sequence of callers per worker.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Before measuring, send one request for every known caller (not measured).
+    #[arg(long)]
+    pub warm_pass: bool,
+    /// How many requests the stampede sends at once.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=20_000))]
+    pub stampede_requests: u64,
+    /// The bearer token of the initiation webhook.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Append the run's JSON object, one per line, to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+}
+
+/// A (caller, called organization) pair.
+#[derive(Debug, Clone)]
+struct Target {
+    caller: String,
+    called: String,
+}
+
+/// What one worker saw.
+#[derive(Debug, Default)]
+struct Tally {
+    latencies_us: Vec<u64>,
+    errors: u64,
+    sources: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+        for (k, v) in other.sources {
+            *self.sources.entry(k).or_default() += v;
+        }
+    }
+}
+
+struct Shared {
+    client: reqwest::Client,
+    base: String,
+    secret: String,
+    known: Vec<Target>,
+    unknown_called: Vec<String>,
+    known_callers: HashSet<String>,
+    zipf: Option<Zipf>,
+    unknown_share: f64,
+}
+
+impl Shared {
+    /// A known caller by Zipf rank, or (with the unknown share) a valid number that is no lead.
+    fn pick(&self, rng: &mut ChaCha8Rng) -> Target {
+        if self.known.is_empty() || rng.random_bool(self.unknown_share) {
+            return self.unknown(rng);
+        }
+        let zipf = self.zipf.as_ref().expect("callers were loaded");
+        self.known[zipf.sample(rng)].clone()
+    }
+
+    /// A US number in a known caller's area code, in an exchange the seeder also uses, that is
+    /// not a known caller; called at a known organization.
+    fn unknown(&self, rng: &mut ChaCha8Rng) -> Target {
+        let called = self.unknown_called[rng.random_range(0..self.unknown_called.len())].clone();
+        let area = match self.known.get(rng.random_range(0..self.known.len().max(1))) {
+            Some(t) if t.caller.len() == 12 && t.caller.starts_with("+1") => &t.caller[2..5],
+            _ => "212",
+        };
+        loop {
+            let exchange: u32 = rng.random_range(200..1000);
+            if exchange % 100 == 11 || exchange == 555 {
+                continue;
+            }
+            let line: u32 = rng.random_range(0..10_000);
+            let caller = format!("+1{area}{exchange:03}{line:04}");
+            if !self.known_callers.contains(&caller) {
+                return Target { caller, called };
+            }
+        }
+    }
+
+    async fn send(&self, scenario: Scenario, target: Option<&Target>, tally: &mut Tally) {
+        let started = Instant::now();
+        let request = match (scenario, target) {
+            (Scenario::Healthz, _) | (_, None) => self.client.get(format!("{}/healthz", self.base)),
+            (_, Some(t)) => self
+                .client
+                .post(format!("{}{INITIATION_PATH}", self.base))
+                .bearer_auth(&self.secret)
+                .json(&json!({
+                    "caller_id": t.caller,
+                    "agent_id": "agent_bench",
+                    "called_number": t.called,
+                    "call_sid": "CA00000000000000000000000000000000",
+                })),
+        };
+        let outcome = match request.send().await {
+            Ok(response) => {
+                let ok = response.status().is_success();
+                let source = response
+                    .headers()
+                    .get("x-hotline-source")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                match response.bytes().await {
+                    Ok(_) if ok => Ok(source),
+                    _ => Err(()),
+                }
+            }
+            Err(_) => Err(()),
+        };
+        tally
+            .latencies_us
+            .push(started.elapsed().as_micros() as u64);
+        match outcome {
+            Ok(Some(source)) => *tally.sources.entry(source).or_default() += 1,
+            Ok(None) => {}
+            Err(()) => tally.errors += 1,
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !(0.0..=100.0).contains(&args.unknown_pct) {
+        bail!("--unknown-pct must be from 0 to 100");
+    }
+    if !(args.zipf_s.is_finite() && args.zipf_s >= 0.0) {
+        bail!("--zipf-s must be 0 or more");
+    }
+    let base = args.url.trim_end_matches('/').to_string();
+    let label = args
+        .label
+        .clone()
+        .unwrap_or_else(|| args.scenario.as_str().to_string());
+    let pool = match args.scenario {
+        Scenario::Stampede => args.stampede_requests as usize,
+        _ => args.concurrency as usize,
+    };
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(pool)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+
+    let needs_callers = args.scenario != Scenario::Healthz;
+    let (known, organizations) = if needs_callers {
+        let url = args
+            .database_url
+            .as_ref()
+            .context("--database-url (DATABASE_URL) is needed to read the callers")?;
+        load_callers(url, args.callers).await?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    if needs_callers && (known.is_empty() || organizations.is_empty()) {
+        bail!("the database has no leads to call as; run `hotline seed` first");
+    }
+    let secret = match (needs_callers, &args.webhook_secret) {
+        (true, None) => bail!("--webhook-secret (WEBHOOK_SECRET) is needed for the webhook"),
+        (_, s) => s.clone().unwrap_or_default(),
+    };
+    let known_callers = known.iter().map(|t| t.caller.clone()).collect();
+    let zipf = (!known.is_empty()).then(|| Zipf::new(known.len(), args.zipf_s));
+    let shared = Arc::new(Shared {
+        client,
+        base,
+        secret,
+        known,
+        unknown_called: organizations,
+        known_callers,
+        zipf,
+        unknown_share: args.unknown_pct / 100.0,
+    });
+
+    // The instance must answer before anything is measured.
+    shared
+        .client
+        .get(format!("{}/healthz", shared.base))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("{}/healthz does not answer", shared.base))?;
+
+    if args.warm_pass && needs_callers {
+        let started = Instant::now();
+        let tally = warm_pass(&shared, args.concurrency as usize).await;
+        eprintln!(
+            "bench: warm pass over {} callers in {:.1} s ({} errors)",
+            shared.known.len(),
+            started.elapsed().as_secs_f64(),
+            tally.errors
+        );
+    }
+
+    let before = cache_stats(&shared).await?;
+    let started = Instant::now();
+    let (tally, concurrency) = match args.scenario {
+        Scenario::Stampede => {
+            let n = args.stampede_requests as usize;
+            (stampede(&shared, n, args.seed).await, n)
+        }
+        scenario => {
+            let c = args.concurrency as usize;
+            let until = started + Duration::from_secs(args.duration_s);
+            (load(&shared, scenario, c, until, args.seed).await, c)
+        }
+    };
+    let elapsed = started.elapsed();
+    // Let loads started by the last requests finish counting.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = cache_stats(&shared).await?;
+
+    let report = build_report(
+        &label,
+        args.scenario,
+        &args,
+        concurrency,
+        elapsed,
+        tally,
+        &before,
+        &after,
+    );
+    println!("{}", human_line(&report));
+    if let Some(path) = &args.json_out {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(file, "{report}").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The leads' numbers with their organizations' numbers, in a fixed order; and the
+/// organizations' numbers.
+async fn load_callers(url: &DatabaseUrl, limit: u64) -> anyhow::Result<(Vec<Target>, Vec<String>)> {
+    const CALLERS: &str = "select l.phone_number, o.phone_number from leads l \
+         join organizations o on o.id = l.organization_id \
+         order by l.phone_number, o.phone_number limit $1";
+    const ORGS: &str = "select phone_number from organizations order by phone_number";
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let opening = || format!("opening {}", url.redacted());
+    let (rows, orgs): (Vec<(String, String)>, Vec<(String,)>) = if url.is_postgres() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(url.as_str())
+            .await
+            .with_context(opening)?;
+        let rows = sqlx::query_as(CALLERS).bind(limit).fetch_all(&pool).await;
+        let orgs = sqlx::query_as(ORGS).fetch_all(&pool).await;
+        pool.close().await;
+        (
+            rows.context("reading the callers")?,
+            orgs.context("reading the organizations")?,
+        )
+    } else {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect(url.as_str())
+            .await
+            .with_context(opening)?;
+        let rows = sqlx::query_as(CALLERS).bind(limit).fetch_all(&pool).await;
+        let orgs = sqlx::query_as(ORGS).fetch_all(&pool).await;
+        pool.close().await;
+        (
+            rows.context("reading the callers")?,
+            orgs.context("reading the organizations")?,
+        )
+    };
+    let known = rows
+        .into_iter()
+        .map(|(caller, called)| Target { caller, called })
+        .collect();
+    Ok((known, orgs.into_iter().map(|(p,)| p).collect()))
+}
+
+/// `concurrency` workers, each looping until `until`.
+async fn load(
+    shared: &Arc<Shared>,
+    scenario: Scenario,
+    concurrency: usize,
+    until: Instant,
+    seed: u64,
+) -> Tally {
+    let mut workers = Vec::with_capacity(concurrency);
+    for w in 0..concurrency {
+        let shared = Arc::clone(shared);
+        workers.push(tokio::spawn(async move {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(w as u64));
+            let mut tally = Tally::default();
+            while Instant::now() < until {
+                let target = (scenario != Scenario::Healthz).then(|| shared.pick(&mut rng));
+                shared.send(scenario, target.as_ref(), &mut tally).await;
+            }
+            tally
+        }));
+    }
+    join(workers).await
+}
+
+/// One request per known caller, spread over `concurrency` workers.
+async fn warm_pass(shared: &Arc<Shared>, concurrency: usize) -> Tally {
+    let mut workers = Vec::with_capacity(concurrency);
+    for w in 0..concurrency {
+        let shared = Arc::clone(shared);
+        workers.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            for i in (w..shared.known.len()).step_by(concurrency) {
+                let target = shared.known[i].clone();
+                shared
+                    .send(Scenario::Webhook, Some(&target), &mut tally)
+                    .await;
+            }
+            tally
+        }));
+    }
+    join(workers).await
+}
+
+/// `n` requests for one caller, released together; connections are opened beforehand with
+/// `/healthz`, so that the requests meet the instance at once rather than queue on connects.
+async fn stampede(shared: &Arc<Shared>, n: usize, seed: u64) -> Tally {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // A caller far down the ranks: nothing earlier in the run asked for it.
+    let target = shared.known[rng.random_range(shared.known.len() / 2..shared.known.len())].clone();
+    let gate = Arc::new(tokio::sync::Barrier::new(n));
+    let mut workers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let shared = Arc::clone(shared);
+        let gate = Arc::clone(&gate);
+        let target = target.clone();
+        workers.push(tokio::spawn(async move {
+            let mut warmup = Tally::default();
+            shared.send(Scenario::Healthz, None, &mut warmup).await;
+            gate.wait().await;
+            let mut tally = Tally::default();
+            shared
+                .send(Scenario::Stampede, Some(&target), &mut tally)
+                .await;
+            tally
+        }));
+    }
+    join(workers).await
+}
+
+async fn join(workers: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
+    let mut total = Tally::default();
+    for w in workers {
+        match w.await {
+            Ok(t) => total.merge(t),
+            Err(_) => total.errors += 1,
+        }
+    }
+    total
+}
+
+async fn cache_stats(shared: &Shared) -> anyhow::Result<Value> {
+    let url = format!("{}/api/monitoring/stats/cache", shared.base);
+    let value = shared
+        .client
+        .get(&url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("reading {url}"))?
+        .json::<Value>()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    Ok(value)
+}
+
+/// `after - before` of one counter, per cache kind.
+fn delta_by_kind(before: &Value, after: &Value, counter: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    if let Some(kinds) = after.as_object() {
+        for (kind, a) in kinds {
+            let Some(a) = a.get(counter).and_then(Value::as_u64) else {
+                continue;
+            };
+            let b = before
+                .get(kind)
+                .and_then(|v| v.get(counter))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            out.insert(kind.clone(), a.saturating_sub(b));
+        }
+    }
+    out
+}
+
+fn ms(us: Option<u64>) -> Value {
+    us.map_or(Value::Null, |v| json!(v as f64 / 1000.0))
+}
+
+fn pct(part: u64, whole: u64) -> Value {
+    if whole == 0 {
+        Value::Null
+    } else {
+        json!(part as f64 * 100.0 / whole as f64)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_report(
+    label: &str,
+    scenario: Scenario,
+    args: &BenchArgs,
+    concurrency: usize,
+    elapsed: Duration,
+    tally: Tally,
+    before: &Value,
+    after: &Value,
+) -> Value {
+    let requests = tally.latencies_us.len() as u64;
+    let errors = tally.errors;
+    let sources = tally.sources;
+    let latencies = Latencies::from_unsorted(tally.latencies_us);
+    let answered: u64 = sources.values().sum();
+    let source_count = |s: Source| sources.get(s.as_str()).copied().unwrap_or(0);
+
+    let loads = delta_by_kind(before, after, "loads");
+    let loads_total: u64 = loads.values().sum();
+    let sum = |counter: &str| -> u64 { delta_by_kind(before, after, counter).values().sum() };
+    let (hits_l1, hits_l2, misses, stale) =
+        (sum("hits_l1"), sum("hits_l2"), sum("misses"), sum("stale"));
+    let lookups = hits_l1 + hits_l2 + misses + stale;
+    let secs = elapsed.as_secs_f64();
+
+    let mut source_map = Map::new();
+    for s in Source::ALL {
+        source_map.insert(s.as_str().into(), json!(source_count(s)));
+    }
+    json!({
+        "label": label,
+        "scenario": scenario.as_str(),
+        "concurrency": concurrency,
+        "elapsed_s": secs,
+        "requests": requests,
+        "errors": errors,
+        "rps": if secs > 0.0 { requests as f64 / secs } else { 0.0 },
+        "latency_ms": {
+            "p50": ms(latencies.percentile(50.0)),
+            "p95": ms(latencies.percentile(95.0)),
+            "p99": ms(latencies.percentile(99.0)),
+            "max": ms(latencies.max()),
+            "mean": latencies.mean().map_or(Value::Null, |m| json!(m / 1000.0)),
+        },
+        "zipf_s": args.zipf_s,
+        "unknown_pct": args.unknown_pct,
+        "seed": args.seed,
+        // The answers' X-Hotline-Source: the least fresh tier of the lookups behind each answer.
+        "sources": source_map,
+        "client_hit_pct": {
+            "l1": pct(source_count(Source::L1), answered),
+            "l2": pct(source_count(Source::L2), answered),
+            "db": pct(source_count(Source::Db), answered),
+        },
+        // The instance's own counters, per lookup (an answer makes up to three lookups).
+        "server": {
+            "lookups": lookups,
+            "hits_l1": hits_l1,
+            "hits_l2": hits_l2,
+            "misses": misses,
+            "stale": stale,
+            "l1_hit_pct": pct(hits_l1, lookups),
+            "l2_hit_pct": pct(hits_l2, lookups),
+            "loads": loads,
+            "loads_total": loads_total,
+            "loads_per_request": if requests > 0 { json!(loads_total as f64 / requests as f64) } else { Value::Null },
+        },
+    })
+}
+
+fn human_line(r: &Value) -> String {
+    let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
+    let lat = &r["latency_ms"];
+    format!(
+        "{label}: {req} requests, {err} errors, {rps:.0} req/s, p50 {p50} ms, p95 {p95} ms, p99 {p99} ms, max {max} ms, L1 {l1}%, L2 {l2}%, loads/request {lpr}, loads {loads}",
+        label = r["label"].as_str().unwrap_or(""),
+        req = r["requests"],
+        err = r["errors"],
+        rps = r["rps"].as_f64().unwrap_or(0.0),
+        p50 = f(&lat["p50"]),
+        p95 = f(&lat["p95"]),
+        p99 = f(&lat["p99"]),
+        max = f(&lat["max"]),
+        l1 = f(&r["client_hit_pct"]["l1"]),
+        l2 = f(&r["client_hit_pct"]["l2"]),
+        lpr = r["server"]["loads_per_request"].as_f64().map_or("-".into(), |x| format!("{x:.4}")),
+        loads = r["server"]["loads"],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_are_per_kind_and_skip_non_kinds() {
+        let before = json!({"lead": {"loads": 3}, "organization": {"loads": 1}, "l1_entries": 5});
+        let after = json!({"lead": {"loads": 10}, "organization": {"loads": 1}, "context": {"loads": 2}, "l1_entries": 9});
+        let d = delta_by_kind(&before, &after, "loads");
+        assert_eq!(d.get("lead"), Some(&7));
+        assert_eq!(d.get("organization"), Some(&0));
+        assert_eq!(d.get("context"), Some(&2));
+        assert!(!d.contains_key("l1_entries"));
+    }
+
+    #[test]
+    fn unknown_callers_are_valid_and_not_leads() {
+        let shared = Shared {
+            client: reqwest::Client::new(),
+            base: String::new(),
+            secret: String::new(),
+            known: vec![Target {
+                caller: "+12125550100".into(),
+                called: "+13125550100".into(),
+            }],
+            unknown_called: vec!["+13125550100".into()],
+            known_callers: ["+12125550100".to_string()].into_iter().collect(),
+            zipf: Some(Zipf::new(1, 1.0)),
+            unknown_share: 1.0,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..200 {
+            let t = shared.pick(&mut rng);
+            assert!(t.caller.starts_with("+1212") && t.caller.len() == 12);
+            assert_ne!(t.caller, "+12125550100");
+            assert!(
+                crate::domain::Phone::from_caller_id(&t.caller, crate::domain::Region::default())
+                    .is_some(),
+                "{} does not parse",
+                t.caller
+            );
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! `hotline validate`, run as a library against real instances: all checks pass on a healthy
+//! instance with Redis; a wrong webhook secret fails `webhook_contract`; Redis down fails `redis`
+//! and `health`; nothing listening fails every check; the test organization is always gone
+//! afterwards.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hotline::validate::{self, Report, ValidateOptions, CHECKS};
+
+use crate::support::app::{spawn_app_on, TestApp, ADMIN_TOKEN, WEBHOOK_SECRET};
+use crate::support::db::TestDb;
+use crate::support::infra::{redis_flags, redis_url, unique_prefix, RedisServer};
+
+fn options(app: &TestApp) -> ValidateOptions {
+    let mut opts = ValidateOptions::new(app.base.clone());
+    opts.admin_token = Some(ADMIN_TOKEN.into());
+    opts.webhook_secret = Some(WEBHOOK_SECRET.into());
+    // Timing never decides a test: debug builds are slow.
+    opts.latency_target_ms = 10_000.0;
+    opts
+}
+
+async fn spawn_with_redis(url: &str) -> TestApp {
+    let flags = redis_flags(url, &unique_prefix());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    spawn_app_on(Arc::new(TestDb::postgres().await), &flags).await
+}
+
+/// How many organizations validate created are still in the database.
+async fn validate_orgs_left(app: &TestApp) -> i64 {
+    let mut conn = app.db.pg_connection().await;
+    sqlx::query_scalar("SELECT count(*) FROM organizations WHERE name LIKE 'hotline-validate %'")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count organizations")
+}
+
+fn failed(report: &Report) -> Vec<&str> {
+    report.failed()
+}
+
+#[tokio::test]
+async fn a_healthy_instance_passes_every_check() {
+    let app = spawn_with_redis(&redis_url()).await;
+    let report = validate::run(&options(&app)).await;
+    assert!(report.passed, "{}", report.to_text());
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, CHECKS, "every check, in order");
+    assert_eq!(
+        report.summary(),
+        format!("validate: {} passed, 0 failed", CHECKS.len())
+    );
+    let latency = report.check("warm_latency").expect("warm_latency");
+    assert!(latency.figure.contains("p50") && latency.figure.contains("p99"));
+    let read_through = report.check("read_through").expect("read_through");
+    assert!(read_through.figure.starts_with("db,"), "{read_through:?}");
+    assert_eq!(
+        validate_orgs_left(&app).await,
+        0,
+        "the test organization is gone"
+    );
+    let json = serde_json::to_value(&report).expect("json");
+    assert_eq!(json["passed"], true);
+    assert_eq!(json["checks"].as_array().map(Vec::len), Some(CHECKS.len()));
+}
+
+#[tokio::test]
+async fn a_wrong_webhook_secret_fails_the_webhook_contract() {
+    let app = spawn_with_redis(&redis_url()).await;
+    let mut opts = options(&app);
+    opts.webhook_secret = Some("not-the-webhook-secret-0123456789".into());
+    let report = validate::run(&opts).await;
+    assert!(!report.passed);
+    let failed = failed(&report);
+    assert!(failed.contains(&"webhook_contract"), "{}", report.to_text());
+    assert!(report.summary().contains("webhook_contract"));
+    assert!(report.check("health").is_some_and(|c| c.passed));
+    assert!(report.check("redis").is_some_and(|c| c.passed));
+    assert_eq!(
+        validate_orgs_left(&app).await,
+        0,
+        "cleaned up after failed checks too"
+    );
+}
+
+#[tokio::test]
+async fn redis_down_fails_redis_and_health() {
+    let mut redis = RedisServer::start().await;
+    let app = spawn_with_redis(&redis.url()).await;
+    redis.kill();
+    let report = validate::run(&options(&app)).await;
+    assert!(!report.passed);
+    let failed = failed(&report);
+    assert!(failed.contains(&"redis"), "{}", report.to_text());
+    assert!(failed.contains(&"health"), "{}", report.to_text());
+    let health = report.check("health").expect("health");
+    assert!(health.detail.contains("redis"), "{health:?}");
+    assert!(report.summary().contains("redis"));
+    assert_eq!(validate_orgs_left(&app).await, 0);
+}
+
+#[tokio::test]
+async fn redis_not_configured_fails_redis_clearly() {
+    let app = spawn_app_on(Arc::new(TestDb::postgres().await), &[]).await;
+    let report = validate::run(&options(&app)).await;
+    let redis = report.check("redis").expect("redis");
+    assert!(!redis.passed);
+    assert!(
+        redis.detail.contains("Redis is not configured"),
+        "{redis:?}"
+    );
+    assert_eq!(report.failed(), vec!["redis"], "{}", report.to_text());
+}
+
+#[tokio::test]
+async fn nothing_listening_fails_every_check_quickly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut opts = ValidateOptions::new(format!("http://127.0.0.1:{port}"));
+    opts.request_timeout = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    let report = validate::run(&opts).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(report.checks.len(), CHECKS.len());
+    assert!(report.checks.iter().all(|c| !c.passed));
+    assert!(
+        report.checks[0].detail.contains("unreachable"),
+        "{report:?}"
+    );
+    assert!(report.summary().contains("0 passed"));
+}
