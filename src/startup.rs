@@ -200,6 +200,16 @@ impl Application {
         if self.background.warm_leads > 0 {
             let warm = self.background.warm_leads;
             tokio::spawn(async move {
+                // Warm once invalidations reach this instance: connecting the pub/sub or LISTEN
+                // channel flushes tier 1, which would throw warmed entries away. Bounded, so a
+                // channel that never comes does not stop warming.
+                let live = lookup.cache().liveness().clone();
+                for _ in 0..100 {
+                    if live.invalidations_live() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 lookup.warm(warm).await;
             });
         }

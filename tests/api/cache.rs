@@ -1048,3 +1048,71 @@ async fn deleting_a_lead_removes_its_data_from_redis_at_once() {
     assert_defaults(&vars, "Acme Dental", CALLER);
     assert!(!redis_exists(&url, &hash).await);
 }
+
+// Warming and refresh-ahead
+
+#[tokio::test]
+async fn warming_loads_recently_active_callers_so_their_first_call_is_a_hit() {
+    let (db, _, _) = seeded_postgres().await;
+    let flags: Vec<String> = ["--warm-leads", "10", "--webhook-deadline-ms", "2000"]
+        .map(String::from)
+        .to_vec();
+    let (app, calls) = spawn_counting(db, &flags).await;
+    let warmed = eventually(Duration::from_secs(10), || async {
+        calls.get(Method::OrganizationByPhone) >= 1
+            && calls.get(Method::LeadByPhone) >= 1
+            && calls.get(Method::Conversations) >= 1
+    })
+    .await;
+    assert!(
+        warmed,
+        "warming loaded the caller's lookups in the background"
+    );
+    let before: Vec<u64> = WEBHOOK_LOADS.iter().map(|m| calls.get(*m)).collect();
+    let (vars, source) = call(&app, CALLER).await;
+    assert_eq!(vars["customer_name"], "Maria Lopez");
+    assert_eq!(
+        source, "l1",
+        "the warmed caller's first call is a tier-1 hit"
+    );
+    let after: Vec<u64> = WEBHOOK_LOADS.iter().map(|m| calls.get(*m)).collect();
+    assert_eq!(before, after, "the first call cost the store nothing");
+}
+
+#[tokio::test]
+async fn a_frequent_caller_is_refreshed_ahead_and_never_waits_for_a_miss() {
+    let (db, _, _) = seeded_postgres().await;
+    let flags: Vec<String> = [
+        "--warm-leads",
+        "0",
+        "--webhook-deadline-ms",
+        "2000",
+        "--ttl-context-s",
+        "3",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (app, calls) = spawn_counting(db, &flags).await;
+    let (_, first) = call(&app, CALLER).await;
+    assert_eq!(first, "db");
+    assert_eq!(calls.get(Method::Conversations), 1);
+    // Call often through and past the context's TTL: the entry is refreshed in the background
+    // during the last fifth of its life, so every answer stays a hit.
+    let refreshed = eventually(Duration::from_secs(15), || async {
+        let (vars, source) = call(&app, CALLER).await;
+        assert_eq!(vars["customer_name"], "Maria Lopez");
+        assert_eq!(
+            source, "l1",
+            "a frequent caller is always answered from tier 1"
+        );
+        calls.get(Method::Conversations) >= 2
+    })
+    .await;
+    assert!(refreshed, "the context was reloaded ahead of its expiry");
+    // And past the original expiry, still hits.
+    for _ in 0..20 {
+        let (_, source) = call(&app, CALLER).await;
+        assert_eq!(source, "l1");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
