@@ -3,8 +3,9 @@
 //! Handlers go through here and never reach the store or Redis directly.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -37,6 +38,61 @@ pub struct Sourced<T> {
 pub struct Lookup {
     store: DynStore,
     cache: Arc<Cache>,
+    warming: Warming,
+}
+
+/// Where the start-up warming is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WarmState {
+    /// Not configured (`WARM_LEADS=0`).
+    Off = 0,
+    /// Waiting for the invalidation channels to connect (each flushes tier 1 when it does).
+    Waiting = 1,
+    Running = 2,
+    Done = 3,
+    /// The database did not answer; the cache fills as calls come instead.
+    Failed = 4,
+}
+
+impl WarmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WarmState::Off => "off",
+            WarmState::Waiting => "waiting",
+            WarmState::Running => "running",
+            WarmState::Done => "done",
+            WarmState::Failed => "failed",
+        }
+    }
+}
+
+/// The progress of the start-up warming, for the stats endpoint.
+#[derive(Debug, Default)]
+pub struct Warming {
+    state: AtomicU8,
+    leads: AtomicU64,
+}
+
+impl Warming {
+    pub fn state(&self) -> WarmState {
+        match self.state.load(Ordering::Acquire) {
+            1 => WarmState::Waiting,
+            2 => WarmState::Running,
+            3 => WarmState::Done,
+            4 => WarmState::Failed,
+            _ => WarmState::Off,
+        }
+    }
+
+    /// How many leads were warmed (once done).
+    pub fn leads(&self) -> u64 {
+        self.leads.load(Ordering::Acquire)
+    }
+
+    fn set(&self, state: WarmState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
 }
 
 fn miss(m: Miss) -> StoreError {
@@ -83,7 +139,15 @@ async fn load_context(ctx: &LoadCtx, store: &DynStore, lead_id: Uuid) -> StoreRe
 
 impl Lookup {
     pub fn new(store: DynStore, cache: Arc<Cache>) -> Lookup {
-        Lookup { store, cache }
+        Lookup {
+            store,
+            cache,
+            warming: Warming::default(),
+        }
+    }
+
+    pub fn warming(&self) -> &Warming {
+        &self.warming
     }
 
     pub fn store(&self) -> &DynStore {
@@ -410,13 +474,31 @@ impl Lookup {
             .await;
     }
 
+    /// Warms the cache at start, in the background: once every invalidation channel has
+    /// connected (connecting flushes tier 1, which would throw warmed entries away), or after
+    /// `wait_at_most` if one does not come (Redis down at start).
+    pub async fn warm_at_start(&self, leads: u64, wait_at_most: Duration) -> usize {
+        if leads == 0 {
+            return 0;
+        }
+        self.warming.set(WarmState::Waiting);
+        let liveness = self.cache.liveness().clone();
+        let waited = Instant::now();
+        while !liveness.all_connected() && waited.elapsed() < wait_at_most {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.warm(leads).await
+    }
+
     /// Loads the most recently active leads (their organization, phone lookups and context)
     /// into the cache. Runs in the background at start; never delays serving.
     pub async fn warm(&self, leads: u64) -> usize {
+        self.warming.set(WarmState::Running);
         let ids = match self.store.recently_active_leads(leads as i64).await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(error = %e, "cache warming skipped: the database did not answer");
+                self.warming.set(WarmState::Failed);
                 return 0;
             }
         };
@@ -442,6 +524,8 @@ impl Lookup {
             .count()
             .await;
         tracing::info!(leads = warmed, "cache warmed");
+        self.warming.leads.store(warmed as u64, Ordering::Release);
+        self.warming.set(WarmState::Done);
         warmed
     }
 

@@ -33,6 +33,19 @@ struct Background {
     warm_leads: u64,
 }
 
+/// How long warming waits for the invalidation channels to connect before it goes ahead.
+const WARM_WAIT_AT_MOST: Duration = Duration::from_secs(5);
+
+/// The Postgres URL to LISTEN on for changes made around the service, when the store is
+/// Postgres.
+fn listen_url(args: &ServeArgs) -> Option<String> {
+    args.database_listen_url
+        .as_ref()
+        .or(Some(&args.db.database_url))
+        .filter(|u| u.is_postgres())
+        .map(|u| u.as_str().to_string())
+}
+
 /// The two tiers as configured: tier 1 unless `L1_MAX_MB=0`, tier 2 when `REDIS_URL` is set
 /// and `REDIS_ENABLED` is not false.
 fn build_cache(args: &ServeArgs, monitor: &Monitor) -> anyhow::Result<Cache> {
@@ -54,9 +67,10 @@ fn build_cache(args: &ServeArgs, monitor: &Monitor) -> anyhow::Result<Cache> {
         )),
         _ => None,
     };
-    let expects_listen = args.database_listen_url.is_some() || args.db.database_url.is_postgres();
+    let expects_listen = listen_url(args).is_some();
     let liveness = Arc::new(Liveness {
-        standalone: remote.is_none() && !expects_listen,
+        expects_pubsub: remote.is_some(),
+        expects_listen,
         ..Liveness::default()
     });
     Ok(Cache::new(
@@ -137,14 +151,8 @@ impl Application {
             monitor,
             db_down_since_ms: Arc::new(AtomicI64::new(0)),
         };
-        let listen_url = args
-            .database_listen_url
-            .as_ref()
-            .or(Some(&args.db.database_url))
-            .filter(|u| u.is_postgres())
-            .map(|u| u.as_str().to_string());
         let background = Background {
-            listen_url,
+            listen_url: listen_url(args),
             warm_leads: args.warm_leads,
         };
         let listener = TcpListener::bind(args.listen_addr)
@@ -200,17 +208,7 @@ impl Application {
         if self.background.warm_leads > 0 {
             let warm = self.background.warm_leads;
             tokio::spawn(async move {
-                // Warm once invalidations reach this instance: connecting the pub/sub or LISTEN
-                // channel flushes tier 1, which would throw warmed entries away. Bounded, so a
-                // channel that never comes does not stop warming.
-                let live = lookup.cache().liveness().clone();
-                for _ in 0..100 {
-                    if live.invalidations_live() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                lookup.warm(warm).await;
+                lookup.warm_at_start(warm, WARM_WAIT_AT_MOST).await;
             });
         }
         tokio::spawn(probe_database(

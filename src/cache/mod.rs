@@ -109,21 +109,35 @@ pub struct KindStats {
     pub invalidations: AtomicU64,
 }
 
-/// Which invalidation channels are connected right now.
+/// Which invalidation channels are connected right now, and which are expected.
 #[derive(Debug, Default)]
 pub struct Liveness {
     pub pubsub: AtomicBool,
     pub listen: AtomicBool,
-    /// Set when neither Redis nor LISTEN is expected (a single embedded instance).
-    pub standalone: bool,
+    /// Whether a Redis pub/sub subscription is expected (tier 2 is configured).
+    pub expects_pubsub: bool,
+    /// Whether a Postgres LISTEN connection is expected (the store is Postgres).
+    pub expects_listen: bool,
 }
 
 impl Liveness {
+    /// Neither Redis nor LISTEN is expected (a single embedded instance): nothing can be missed.
+    pub fn standalone(&self) -> bool {
+        !self.expects_pubsub && !self.expects_listen
+    }
+
     /// Whether invalidations from elsewhere reach this instance.
     pub fn invalidations_live(&self) -> bool {
-        self.standalone
+        self.standalone()
             || self.pubsub.load(Ordering::Acquire)
             || self.listen.load(Ordering::Acquire)
+    }
+
+    /// Whether every expected channel is connected. Each one flushes tier 1 when it connects,
+    /// so work that fills tier 1 on purpose (warming) waits for this.
+    pub fn all_connected(&self) -> bool {
+        (!self.expects_pubsub || self.pubsub.load(Ordering::Acquire))
+            && (!self.expects_listen || self.listen.load(Ordering::Acquire))
     }
 }
 

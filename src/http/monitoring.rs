@@ -105,6 +105,11 @@ async fn cache_stats(State(state): State<AppState>) -> impl IntoResponse {
         "negative_ttl_s".into(),
         json!(cache.ttls().negative.as_secs()),
     );
+    let warming = state.lookup.warming();
+    kinds.insert(
+        "warming".into(),
+        json!({"state": warming.state().as_str(), "leads": warming.leads()}),
+    );
     Json(Value::Object(kinds))
 }
 

@@ -1058,16 +1058,32 @@ async fn warming_loads_recently_active_callers_so_their_first_call_is_a_hit() {
         .map(String::from)
         .to_vec();
     let (app, calls) = spawn_counting(db, &flags).await;
-    let warmed = eventually(Duration::from_secs(10), || async {
-        calls.get(Method::OrganizationByPhone) >= 1
-            && calls.get(Method::LeadByPhone) >= 1
-            && calls.get(Method::Conversations) >= 1
-    })
-    .await;
-    assert!(
-        warmed,
-        "warming loaded the caller's lookups in the background"
+    // The stats report warming's progress; "done" means every warmed entry has been filled.
+    let until = Instant::now() + Duration::from_secs(15);
+    let warming = loop {
+        let r = app
+            .client
+            .get(app.url("/api/monitoring/stats/cache"))
+            .send()
+            .await;
+        let warming = r.unwrap().json::<Value>().await.unwrap()["warming"].clone();
+        if warming["state"] == "done" || Instant::now() > until {
+            break warming;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        warming["state"], "done",
+        "warming finished in the background"
     );
+    assert_eq!(warming["leads"], 1, "the one active lead was warmed");
+    for method in [
+        Method::OrganizationByPhone,
+        Method::LeadByPhone,
+        Method::Conversations,
+    ] {
+        assert!(calls.get(method) >= 1, "warming loaded {method:?}");
+    }
     let before: Vec<u64> = WEBHOOK_LOADS.iter().map(|m| calls.get(*m)).collect();
     let (vars, source) = call(&app, CALLER).await;
     assert_eq!(vars["customer_name"], "Maria Lopez");
