@@ -393,7 +393,9 @@ fn sanitize_label(s: &str) -> String {
         .collect()
 }
 
+/// The 200 of a signed post-call event, counted by what it was acknowledged as.
 fn acknowledge(status: &'static str) -> Response {
+    metrics::post_call_event(status);
     (StatusCode::OK, Json(json!({"status": status}))).into_response()
 }
 

@@ -32,9 +32,10 @@ pub const REDIS_COMMAND_DURATION: &str = "hotline_redis_command_duration_seconds
 pub const DB_QUERY_DURATION: &str = "hotline_db_query_duration_seconds";
 pub const ALERT_FIRING: &str = "hotline_alert_firing";
 pub const WEBHOOK_ANSWERS: &str = "hotline_webhook_answers_total";
+pub const POST_CALL_EVENTS: &str = "hotline_post_call_events_total";
 
 /// Every family this module exports.
-pub const FAMILIES: [&str; 9] = [
+pub const FAMILIES: [&str; 10] = [
     CACHE_REQUESTS,
     CACHE_LOAD_DURATION,
     CACHE_INVALIDATIONS,
@@ -44,12 +45,16 @@ pub const FAMILIES: [&str; 9] = [
     DB_QUERY_DURATION,
     ALERT_FIRING,
     WEBHOOK_ANSWERS,
+    POST_CALL_EVENTS,
 ];
 
 /// The `source` label of the invalidation counter.
 pub const INVALIDATION_SOURCES: [&str; 4] = ["write", "pubsub", "notify", "manual"];
 /// The `source` label of the webhook answer counter (as in `X-Hotline-Source`).
 pub const ANSWER_SOURCES: [&str; 5] = ["l1", "l2", "db", "stale", "default"];
+/// The `outcome` label of the post-call event counter: what the event was acknowledged as.
+pub const POST_CALL_OUTCOMES: [&str; 5] =
+    ["recorded", "duplicate", "unmatched", "spooled", "ignored"];
 
 /// Histogram buckets in seconds: fine enough for microsecond cache hits, wide enough for a
 /// database timing out.
@@ -67,6 +72,7 @@ struct Handles {
     cache_load: [Histogram; KINDS.len()],
     invalidations: [Counter; 4],
     answers: [Counter; 5],
+    post_call: [Counter; 5],
     alert_firing: [Gauge; 5],
     redis_up: Gauge,
     redis_command: Histogram,
@@ -143,6 +149,11 @@ fn describe() {
         Unit::Count,
         "Conversation-initiation webhook answers by source (as in X-Hotline-Source): l1, l2, db, stale, default."
     );
+    describe_counter!(
+        POST_CALL_EVENTS,
+        Unit::Count,
+        "Signed post-call events acknowledged, by outcome: recorded, duplicate (already stored), unmatched (no organization matched; not stored), spooled (database down; kept to apply later), ignored (not a transcription)."
+    );
 }
 
 /// Registers every family at zero. A histogram with labels we cannot know in advance (routes,
@@ -156,12 +167,15 @@ fn register() -> Handles {
     let invalidations =
         INVALIDATION_SOURCES.map(|source| counter!(CACHE_INVALIDATIONS, "source" => source));
     let answers = ANSWER_SOURCES.map(|source| counter!(WEBHOOK_ANSWERS, "source" => source));
+    let post_call =
+        POST_CALL_OUTCOMES.map(|outcome| counter!(POST_CALL_EVENTS, "outcome" => outcome));
     let alert_firing = ALERT_NAMES.map(|alert| gauge!(ALERT_FIRING, "alert" => alert));
     for c in cache_requests
         .iter()
         .flatten()
         .chain(&invalidations)
         .chain(&answers)
+        .chain(&post_call)
     {
         c.increment(0);
     }
@@ -177,6 +191,7 @@ fn register() -> Handles {
         cache_load,
         invalidations,
         answers,
+        post_call,
         alert_firing,
         redis_up,
         redis_command: histogram!(REDIS_COMMAND_DURATION),
@@ -299,6 +314,13 @@ pub fn alert_firing(name: &str, firing: bool) {
 pub fn webhook_answer(source: &str) {
     if let (Some(h), Some(s)) = (handles(), index(&ANSWER_SOURCES, source)) {
         h.answers[s].increment(1);
+    }
+}
+
+/// A signed post-call event acknowledged: `outcome` one of [`POST_CALL_OUTCOMES`].
+pub fn post_call_event(outcome: &str) {
+    if let (Some(h), Some(o)) = (handles(), index(&POST_CALL_OUTCOMES, outcome)) {
+        h.post_call[o].increment(1);
     }
 }
 

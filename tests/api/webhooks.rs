@@ -842,6 +842,8 @@ async fn post_call_records_the_conversation_once() {
     assert_eq!(r.status(), 200);
     assert_eq!(conversations_of(&app, known.lead_id()).await.len(), 3);
     assert_eq!(table_counts(&app).await, (1, 1, 3));
+    assert_eq!(post_call_events(&app, "recorded").await, 1.0);
+    assert_eq!(post_call_events(&app, "duplicate").await, 2.0);
 
     // The next call sees it: it is now the latest conversation.
     let (vars, _) = initiation_ok(app.initiate(&initiation_body(CALLER, ORG_PHONE)).await).await;
@@ -946,6 +948,28 @@ async fn post_call_for_an_unknown_organization_is_acknowledged_not_stored() {
     post_call_ok(&app, &event.body()).await;
 
     assert_eq!(table_counts(&app).await, before, "nothing was stored");
+    // ...but counted, so that an operator sees events that went nowhere.
+    assert_eq!(post_call_events(&app, "unmatched").await, 3.0);
+    assert_eq!(post_call_events(&app, "recorded").await, 0.0);
+}
+
+/// `hotline_post_call_events_total{outcome}` from `/metrics`.
+async fn post_call_events(app: &TestApp, outcome: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("hotline_post_call_events_total{{outcome=\"{outcome}\"}} ");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&series))
+        .unwrap_or_else(|| panic!("{series} is exported:\n{text}"));
+    line[series.len()..].trim().parse().expect("a number")
 }
 
 /// A base64 string of about `len` bytes (not real MP3, but the shape of one).
