@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,9 @@ pub struct Generations {
     /// made the flush necessary). A message that raced a fetch needs no counter: the fetch
     /// inserts only where the mirror is still empty.
     flushes: AtomicU64,
+    /// Counts every change to the mirror by a bump, a message or a flush (under the
+    /// `awaiting_echo` lock): a reconfirmation that raced one keeps nothing.
+    changes: AtomicU64,
 }
 
 impl Generations {
@@ -81,6 +85,7 @@ impl Generations {
             diverged: AtomicBool::new(false),
             awaiting_echo: Mutex::new(HashMap::new()),
             flushes: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -196,12 +201,15 @@ impl Generations {
     pub async fn bump(&self, keys: &[GenKey], delete: &[String]) {
         let gens: Vec<(GenKey, u64)> = keys.iter().map(|k| (k.clone(), rand::random())).collect();
         let usable = self.usable_remote().cloned();
-        if usable.is_some() {
-            // Before the mirror changes, so that no older message from another instance can
-            // overwrite the new value in between.
+        {
             let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
-            for (k, v) in &gens {
-                awaiting.insert(k.clone(), *v);
+            self.changes.fetch_add(1, Ordering::AcqRel);
+            if usable.is_some() {
+                // Before the mirror changes, so that no older message from another instance
+                // can overwrite the new value in between.
+                for (k, v) in &gens {
+                    awaiting.insert(k.clone(), *v);
+                }
             }
         }
         for (k, v) in &gens {
@@ -260,6 +268,7 @@ impl Generations {
         }
         {
             let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
+            self.changes.fetch_add(1, Ordering::AcqRel);
             for (k, v) in &message.gens {
                 if mine {
                     if awaiting.get(k) == Some(v) {
@@ -278,8 +287,56 @@ impl Generations {
     /// Forgets every mirrored generation: every tier-1 entry becomes invalid at once.
     pub fn flush(&self) {
         self.mirror.invalidate_all();
-        self.awaiting_echo.lock().expect("not poisoned").clear();
+        let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
+        awaiting.clear();
+        self.changes.fetch_add(1, Ordering::AcqRel);
         self.flushes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Reads mirrored generations from Redis again, so that a tier-1 entry that depends on them
+    /// may be trusted for another maximum age: where nothing changed the mirror meanwhile, it
+    /// takes Redis's value (the same, now confirmed, with a fresh time to live; or a newer one
+    /// this instance missed). Keys no longer mirrored, bumped here and not yet echoed, or
+    /// waiting to be replayed to Redis are left alone. Returns whether every key was confirmed.
+    pub async fn reconfirm(&self, keys: &[GenKey]) -> bool {
+        let Some(remote) = self.usable_remote() else {
+            return false;
+        };
+        let changes = self.changes.load(Ordering::Acquire);
+        let before: Vec<Option<u64>> = keys.iter().map(|k| self.mirror.get(k)).collect();
+        let Ok(values) = remote.generations(keys).await else {
+            return false;
+        };
+        // Under the lock every bump, message and flush takes to change the mirror: nothing can
+        // slip between the check and the update.
+        let awaiting = self.awaiting_echo.lock().expect("not poisoned");
+        if self.changes.load(Ordering::Acquire) != changes {
+            return false;
+        }
+        let pending = self.pending.lock().expect("not poisoned");
+        let mut confirmed = true;
+        for ((key, value), before) in keys.iter().zip(values).zip(before) {
+            let Some(before) = before else {
+                confirmed = false;
+                continue;
+            };
+            if awaiting.contains_key(key)
+                || pending.gens.contains(key)
+                || pending.local_only.contains(key)
+            {
+                confirmed = false;
+                continue;
+            }
+            let result = self
+                .mirror
+                .entry(key.clone())
+                .and_compute_with(|current| match current {
+                    Some(e) if *e.value() == before => Op::Put(value),
+                    _ => Op::Nop,
+                });
+            confirmed &= matches!(result, CompResult::ReplacedWith(_)) && value == before;
+        }
+        confirmed
     }
 
     /// Called on every successful probe: replays what Redis missed and forgets what was

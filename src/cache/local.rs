@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use moka::ops::compute::Op;
 use moka::sync::Cache;
 use moka::Expiry;
 
@@ -87,6 +88,29 @@ impl LocalTier {
                 expires_in,
             }),
         );
+    }
+
+    /// Keeps `found` for another maximum age (its generations were just confirmed), unless
+    /// the entry under `key` has changed meanwhile.
+    pub fn renew(&self, key: &CacheKey, found: &Arc<LocalEntry>) {
+        let until_stale =
+            Duration::from_millis((found.entry.stale_until_ms - now_ms()).max(0) as u64);
+        let expires_in = until_stale.min(self.max_age);
+        if expires_in.is_zero() {
+            return;
+        }
+        let renewed = Arc::new(LocalEntry {
+            entry: found.entry.clone(),
+            inserted: Instant::now(),
+            weight: found.weight,
+            expires_in,
+        });
+        self.cache
+            .entry(key.clone())
+            .and_compute_with(|current| match current {
+                Some(e) if Arc::ptr_eq(e.value(), found) => Op::Put(renewed),
+                _ => Op::Nop,
+            });
     }
 
     pub fn remove(&self, key: &CacheKey) {

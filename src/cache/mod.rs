@@ -10,7 +10,7 @@ mod local;
 pub mod remote;
 mod tasks;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 pub use entry::{now_ms, Entry, Value};
 pub use gens::{Generations, Message};
 pub use keys::{lead_hash, CacheKey, GenKey, Kind, Ttls};
-pub use local::LocalTier;
+pub use local::{LocalEntry, LocalTier};
 pub use remote::{Circuit, Remote, RemoteError, ServerInfo};
 pub use tasks::{spawn_background, BackgroundConfig};
 
@@ -208,6 +208,8 @@ pub struct Cache {
     gens: Arc<Generations>,
     ttls: Ttls,
     inflight: Mutex<HashMap<CacheKey, InFlight>>,
+    /// Tier-1 entries being renewed (see [`Cache::renew_local`]).
+    renewing: Mutex<HashSet<CacheKey>>,
     stats: [KindStats; 7],
     invalidations_by_source: [AtomicU64; 4],
     liveness: Arc<Liveness>,
@@ -249,6 +251,7 @@ impl Cache {
             remote,
             ttls,
             inflight: Mutex::new(HashMap::new()),
+            renewing: Mutex::new(HashSet::new()),
             stats: Default::default(),
             invalidations_by_source: Default::default(),
             liveness,
@@ -334,6 +337,13 @@ impl Cache {
                         self.monitor.record_cache(kind.as_str(), "l1_hit");
                         if found.entry.wants_refresh(now) {
                             self.refresh(key, load);
+                        } else if found.inserted.elapsed() >= local.max_age().mul_f64(0.8) {
+                            let entry = found.entry.clone();
+                            self.renew_local(key, found);
+                            return Ok(Hit {
+                                entry,
+                                source: Source::L1,
+                            });
                         }
                         return Ok(Hit {
                             entry: found.entry.clone(),
@@ -350,31 +360,24 @@ impl Cache {
         }
 
         if let Some(remote) = self.remote.as_ref().filter(|r| r.breaker.is_closed()) {
-            if let Ok(Some((entry, encoded_len))) = remote.get(&key).await {
-                let dep_keys: Vec<GenKey> = entry.deps.iter().map(|(k, _)| k.clone()).collect();
-                // While invalidations may not be reaching us, confirm with Redis itself.
-                let confirm = !self.liveness.invalidations_live();
-                let current = self.gens.current(&dep_keys, confirm).await;
-                let valid = entry.deps.iter().zip(&current).all(|((_, v), c)| v == c);
-                if valid {
-                    let entry = Arc::new(entry);
-                    if entry.is_fresh(now) {
-                        stats.hits_l2.fetch_add(1, Ordering::Relaxed);
-                        self.monitor.record_cache(kind.as_str(), "l2_hit");
-                        if let Some(local) = &self.local {
-                            local.insert(key.clone(), entry.clone(), encoded_len);
-                        }
-                        if entry.wants_refresh(now) {
-                            self.refresh(key, load);
-                        }
-                        return Ok(Hit {
-                            entry,
-                            source: Source::L2,
-                        });
+            if let Some((entry, encoded_len)) = self.read_remote(remote, &key).await {
+                let entry = Arc::new(entry);
+                if entry.is_fresh(now) {
+                    stats.hits_l2.fetch_add(1, Ordering::Relaxed);
+                    self.monitor.record_cache(kind.as_str(), "l2_hit");
+                    if let Some(local) = &self.local {
+                        local.insert(key.clone(), entry.clone(), encoded_len);
                     }
-                    if entry.is_servable_stale(now) && stale.is_none() {
-                        stale = Some(entry);
+                    if entry.wants_refresh(now) {
+                        self.refresh(key, load);
                     }
+                    return Ok(Hit {
+                        entry,
+                        source: Source::L2,
+                    });
+                }
+                if entry.is_servable_stale(now) && stale.is_none() {
+                    stale = Some(entry);
                 }
             }
         }
@@ -453,6 +456,48 @@ impl Cache {
                 None => Err(Miss::Deadline),
             },
         }
+    }
+
+    /// The tier-2 value of `key`, if it was built under the current generations.
+    async fn read_remote(&self, remote: &Remote, key: &CacheKey) -> Option<(Entry, usize)> {
+        let (entry, encoded_len) = remote.get(key).await.ok()??;
+        let dep_keys: Vec<GenKey> = entry.deps.iter().map(|(k, _)| k.clone()).collect();
+        // While invalidations may not be reaching us, confirm with Redis itself.
+        let confirm = !self.liveness.invalidations_live();
+        let current = self.gens.current(&dep_keys, confirm).await;
+        let valid = entry.deps.iter().zip(&current).all(|((_, v), c)| v == c);
+        valid.then_some((entry, encoded_len))
+    }
+
+    /// Renews a frequently used tier-1 entry as it nears the tier-1 maximum age: its
+    /// generations are read from Redis again in the background and, still current, keep it in
+    /// tier 1 for another maximum age. So a frequent caller is not sent to Redis (nor, after a
+    /// kind's generation ages out of the mirror, every caller of that kind at once), while a
+    /// lost invalidation still costs at most a maximum age. Only while invalidations reach
+    /// this instance, and once per key at a time.
+    fn renew_local(self: &Arc<Self>, key: CacheKey, found: Arc<LocalEntry>) {
+        if self.remote.as_ref().is_none_or(|r| !r.breaker.is_closed())
+            || !self.liveness.invalidations_live()
+            || !self
+                .renewing
+                .lock()
+                .expect("not poisoned")
+                .insert(key.clone())
+        {
+            return;
+        }
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let deps: Vec<GenKey> = found.entry.deps.iter().map(|(k, _)| k.clone()).collect();
+            if cache.gens.reconfirm(&deps).await
+                && cache.gens.all_current_locally(&found.entry.deps)
+            {
+                if let Some(local) = &cache.local {
+                    local.renew(&key, &found);
+                }
+            }
+            cache.renewing.lock().expect("not poisoned").remove(&key);
+        });
     }
 
     /// Starts a background load of `key` unless one is running.

@@ -18,6 +18,17 @@ use crate::domain::{Phone, Region};
 /// The Postgres channel the triggers notify on (see `migrations/postgres`).
 pub const NOTIFY_CHANNEL: &str = "hotline_invalidate";
 
+/// The generation of each kind (see `reconfirm` in `probe`).
+const KIND_GENS: [GenKey; 7] = [
+    GenKey::Kind(Kind::Organization),
+    GenKey::Kind(Kind::Lead),
+    GenKey::Kind(Kind::LeadByPhone),
+    GenKey::Kind(Kind::Context),
+    GenKey::Kind(Kind::Summary),
+    GenKey::Kind(Kind::Greeting),
+    GenKey::Kind(Kind::History),
+];
+
 const PROBE_OPEN_EVERY: Duration = Duration::from_millis(250);
 const PROBE_CLOSED_EVERY: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -100,6 +111,10 @@ async fn probe(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
                     tracing::info!("invalidations made while Redis was unreachable replayed");
                 }
                 let _ = remote.publish(&cache.generations().heartbeat()).await;
+                // Every entry depends on its kind's generation: confirm those before they age
+                // out of the mirror, or every tier-1 entry of a kind would fail at once and send
+                // its callers to Redis together.
+                cache.generations().reconfirm(&KIND_GENS).await;
             }
             Err(e) => {
                 if remote.breaker.is_closed() {
