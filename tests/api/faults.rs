@@ -434,3 +434,85 @@ async fn with_redis_and_the_database_both_gone_the_last_known_values_are_still_s
         assert_eq!(vars["customer_name"], "Maria Lopez");
     }
 }
+
+/// Whether the webhook greets the known caller as `name`.
+async fn answers_as(app: &TestApp, name: &str) -> bool {
+    let (vars, _) = call(app, CALLER).await;
+    vars["customer_name"] == name
+}
+
+async fn rename_in_sql(app: &TestApp, lead_id: &str, name: &str) {
+    let mut conn = app.db.pg_connection().await;
+    sqlx::query("update leads set customer_name = $1 where id = $2::uuid")
+        .bind(name)
+        .bind(lead_id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn with_the_change_listener_cut_tier_one_is_trusted_only_briefly_and_notifications_resume() {
+    // No Redis; queries go straight to the database, LISTEN through a proxy the test can cut.
+    let db = Arc::new(TestDb::postgres().await);
+    let proxy = TcpProxy::start(db.pg_addr()).await;
+    let via = db.pg_url_via(proxy.addr);
+    let flags = roomy_deadline(vec![
+        "--database-listen-url".into(),
+        via,
+        "--warm-leads".into(),
+        "0".into(),
+    ]);
+    let app = spawn_app_on(db, &strs(&flags)).await;
+    wait_live(&app).await;
+    let known = known_caller(&app).await;
+    let cached = eventually(PROPAGATION, || async {
+        let (vars, source) = call(&app, CALLER).await;
+        source == "l1" && vars["customer_name"] == "Maria Lopez"
+    })
+    .await;
+    assert!(cached, "the known caller is cached");
+
+    proxy.cut();
+    let lost = eventually(Duration::from_secs(10), || async {
+        !app.cache.liveness().listen.load(Ordering::Acquire)
+    })
+    .await;
+    assert!(lost, "the instance noticed its listener is gone");
+    // A write around the service while no notification can reach the instance: its tier 1 is
+    // no longer trusted for long, so the write is still seen.
+    rename_in_sql(&app, known.lead_id(), "Marisol Garcia").await;
+    assert!(
+        eventually(Duration::from_secs(10), || answers_as(
+            &app,
+            "Marisol Garcia"
+        ))
+        .await,
+        "a write made while notifications could not arrive is seen"
+    );
+    assert!(
+        !app.cache.liveness().listen.load(Ordering::Acquire),
+        "the listener was still cut"
+    );
+
+    // Back: the listener reconnects, and notifications carry writes again.
+    proxy.restore();
+    let back = eventually(Duration::from_secs(10), || async {
+        app.cache.liveness().listen.load(Ordering::Acquire)
+    })
+    .await;
+    assert!(back, "the listener reconnected");
+    assert!(
+        eventually(PROPAGATION, || async {
+            let (vars, source) = call(&app, CALLER).await;
+            source == "l1" && vars["customer_name"] == "Marisol Garcia"
+        })
+        .await,
+        "the caller is cached again"
+    );
+    rename_in_sql(&app, known.lead_id(), "Maria Lopez").await;
+    assert!(
+        eventually(PROPAGATION, || answers_as(&app, "Maria Lopez")).await,
+        "the next direct write arrives through its notification"
+    );
+}
