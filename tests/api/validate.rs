@@ -132,3 +132,58 @@ async fn nothing_listening_fails_every_check_quickly() {
     );
     assert!(report.summary().contains("0 passed"));
 }
+
+/// `hotline validate` as an operator runs it: the binary, secrets from the environment.
+async fn run_binary(app: &TestApp, webhook_secret: &str, json: bool) -> (Option<i32>, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hotline"));
+    cmd.args([
+        "validate",
+        "--url",
+        &app.base,
+        "--latency-target-ms",
+        "10000",
+    ])
+    .env("ADMIN_TOKEN", ADMIN_TOKEN)
+    .env("WEBHOOK_SECRET", webhook_secret)
+    .env_remove("HOTLINE_URL")
+    .kill_on_drop(true);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("validate finishes")
+        .expect("validate runs");
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).expect("utf-8"),
+    )
+}
+
+#[tokio::test]
+async fn the_command_exits_non_zero_naming_the_failed_check() {
+    let app = spawn_with_redis(&redis_url()).await;
+
+    let (code, text) = run_binary(&app, WEBHOOK_SECRET, false).await;
+    assert_eq!(code, Some(0), "{text}");
+    for check in CHECKS {
+        assert!(
+            text.lines().any(|l| l.contains(check)),
+            "one line for {check}: {text}"
+        );
+    }
+
+    let (code, out) = run_binary(&app, "not-the-webhook-secret-0123456789", true).await;
+    assert_eq!(code, Some(1), "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(report["passed"], false);
+    let failed: Vec<&str> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(failed.contains(&"webhook_contract"), "{out}");
+    assert_eq!(validate_orgs_left(&app).await, 0);
+}
