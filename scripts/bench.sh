@@ -1,32 +1,40 @@
 #!/usr/bin/env bash
 # Benchmarks hotline on this machine, in one run: (a) /healthz; (b) the webhook with both cache
 # tiers warm; (c) tier 2 only (L1_MAX_MB=0); (d) the cache off (L1_MAX_MB=0, REDIS_ENABLED=false);
-# (e) a cold start; (f) a stampede of concurrent requests for one cold caller.
+# (e) a cold start; (f) a stampede of concurrent requests for one cold caller; then (b) again,
+# paced at half the rate (b) reached, for the latency of an instance with headroom; and (g)
+# what recording a webhook's metrics costs, in process.
 # Writes bench-results/results.json and bench-results/results.md and prints b/a, b/c, b/d.
 #
 #   bash scripts/bench.sh            # 100,000 leads, 15 s per scenario, 32 workers
 #   bash scripts/bench.sh --quick    # 2,000 leads, 3 s per scenario, 8 workers (CI)
+#   bash scripts/bench.sh --scale    # 1,000,000 leads, tier 1 at 64 MB, 60 s of Zipf load:
+#                                    # hit rates per tier and the process's resident memory
 #
 # Overrides (environment): LEADS, DURATION_S, CONCURRENCY, STAMPEDE, UNKNOWN_PCT, ZIPF_S,
-# PG_URL (a server where a database may be created; default postgres://root@127.0.0.1:5432),
-# REDIS_URL (default redis://127.0.0.1:6379). Needs psql, redis-cli, curl and jq.
+# L1_MAX_MB (--scale), PG_URL (a server where a database may be created; default
+# postgres://root@127.0.0.1:5432), REDIS_URL (default redis://127.0.0.1:6379).
+# Needs psql, redis-cli, curl and jq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=false
+mode=full
 for arg in "$@"; do
   case "$arg" in
-    --quick) quick=true ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    --quick) mode=quick ;;
+    --scale) mode=scale ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
 
-if $quick; then
-  LEADS=${LEADS:-2000} DURATION_S=${DURATION_S:-3} CONCURRENCY=${CONCURRENCY:-8} STAMPEDE=${STAMPEDE:-200}
-else
-  LEADS=${LEADS:-100000} DURATION_S=${DURATION_S:-15} CONCURRENCY=${CONCURRENCY:-32} STAMPEDE=${STAMPEDE:-1000}
-fi
+case $mode in
+  quick) LEADS=${LEADS:-2000} DURATION_S=${DURATION_S:-3} CONCURRENCY=${CONCURRENCY:-8} STAMPEDE=${STAMPEDE:-200} ;;
+  scale) LEADS=${LEADS:-1000000} DURATION_S=${DURATION_S:-60} CONCURRENCY=${CONCURRENCY:-32} STAMPEDE=${STAMPEDE:-1000} ;;
+  *) LEADS=${LEADS:-100000} DURATION_S=${DURATION_S:-15} CONCURRENCY=${CONCURRENCY:-32} STAMPEDE=${STAMPEDE:-1000} ;;
+esac
+quick=$([ $mode = quick ] && echo true || echo false)
+L1_MAX_MB=${L1_MAX_MB:-64}
 UNKNOWN_PCT=${UNKNOWN_PCT:-10}
 ZIPF_S=${ZIPF_S:-1.0}
 PG_URL=${PG_URL:-postgres://root@127.0.0.1:5432}
@@ -109,22 +117,56 @@ start_server() {
   die "the server for $name did not come up"
 }
 
-# bench LABEL [ARG ...]: one measured run against $url, appended to runs.jsonl.
+# bench LABEL [ARG ...]: one measured run against $url, appended to runs.jsonl ($workers
+# workers, default $CONCURRENCY).
 bench() {
   local label=$1
   shift
   "$BIN" bench --url "$url" --label "$label" --database-url "$DATABASE_URL" \
-    --duration-s "$DURATION_S" --concurrency "$CONCURRENCY" --callers "$LEADS" \
+    --duration-s "$DURATION_S" --concurrency "${workers:-$CONCURRENCY}" --callers "$LEADS" \
     --unknown-pct "$UNKNOWN_PCT" --zipf-s "$ZIPF_S" --json-out "$OUT/runs.jsonl" "$@"
 }
 
 mkdir -p "$OUT"
-rm -f "$OUT/runs.jsonl"
+rm -f "$OUT/runs.jsonl" "$OUT/instrumentation.jsonl"
 
 say "creating $DB and seeding $LEADS leads"
 psql "$PG_URL/postgres" -Atqc "create database $DB" >/dev/null
-RUST_LOG=warn "$BIN" seed --database-url "$DATABASE_URL" --leads "$LEADS" --organizations 50 \
+RUST_LOG=info "$BIN" seed --database-url "$DATABASE_URL" --leads "$LEADS" --organizations 50 \
   --conversations-per-lead 3 --seed 7
+
+# rss_kib NAME: a field of the server's /proc status (VmRSS, VmHWM), in KiB.
+rss_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$server_pid/status"; }
+
+if [ $mode = scale ]; then
+  say "scale: tier 1 at $L1_MAX_MB MB, $DURATION_S s of Zipf load over $LEADS callers"
+  start_server s L1_MAX_MB="$L1_MAX_MB"
+  idle_kib=$(rss_kib VmRSS)
+  bench s_scale --scenario webhook
+  stats=$(curl -fsS "$url/api/monitoring/stats/cache")
+  jq -n --argjson run "$(tail -n 1 "$OUT/runs.jsonl")" --argjson stats "$stats" \
+    --arg idle "$idle_kib" --arg rss "$(rss_kib VmRSS)" --arg hwm "$(rss_kib VmHWM)" \
+    --arg budget "$L1_MAX_MB" --arg leads "$LEADS" '{
+      machine: {cpus: '"$(nproc)"'}, leads: ($leads | tonumber), l1_max_mb: ($budget | tonumber),
+      run: $run,
+      l1: {entries: $stats.l1_entries, bytes: $stats.l1_bytes},
+      memory_mib: {idle: (($idle | tonumber) / 1024), rss: (($rss | tonumber) / 1024),
+                   peak: (($hwm | tonumber) / 1024)}
+    }' >"$OUT/scale.json"
+  stop_server
+  jq -r '
+    def f($d): if . == null then "–" else (. * pow(10; $d) | round / pow(10; $d) | tostring) end;
+    "| leads | tier-1 budget | requests | rps | p50 ms | p99 ms | answers from L1 % | L2 % | db % | lookups L1 % | L2 % | tier-1 entries | tier-1 MiB | RSS idle MiB | RSS MiB | peak RSS MiB |",
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| \(.leads) | \(.l1_max_mb) MB | \(.run.requests) | \(.run.rps | f(0)) | \(.run.latency_ms.p50 | f(2)) | \(.run.latency_ms.p99 | f(2)) | \(.run.client_hit_pct.l1 | f(1)) | \(.run.client_hit_pct.l2 | f(1)) | \(.run.client_hit_pct.db | f(1)) | \(.run.server.l1_hit_pct | f(1)) | \(.run.server.l2_hit_pct | f(1)) | \(.l1.entries) | \(.l1.bytes / 1048576 | f(1)) | \(.memory_mib.idle | f(0)) | \(.memory_mib.rss | f(0)) | \(.memory_mib.peak | f(0)) |"
+  ' "$OUT/scale.json" >"$OUT/scale.md"
+  echo
+  echo "hotline bench --scale: $LEADS leads, $DURATION_S s, $CONCURRENCY workers, $(nproc) CPUs"
+  echo
+  cat "$OUT/scale.md"
+  say "wrote $OUT/scale.json and $OUT/scale.md"
+  exit 0
+fi
 
 say "(a) /healthz"
 start_server a
@@ -156,6 +198,17 @@ start_server f
 bench f_stampede --scenario stampede --stampede-requests "$STAMPEDE"
 stop_server
 
+half=$(jq -rs 'map(select(.label == "b_warm"))[0].rps / 2 | floor | if . < 1 then 1 else . end' "$OUT/runs.jsonl")
+say "(b½) webhook, both tiers warm, paced at $half requests per second (half of b)"
+start_server h
+# Enough workers that the schedule never waits for a free one.
+workers=$((CONCURRENCY * 4)) bench h_warm_half_rate --scenario webhook --warm-pass --rate "$half"
+stop_server
+
+say "(g) instrumentation: recording one webhook's metrics, in process"
+"$BIN" bench --scenario instrumentation --json-out "$OUT/instrumentation.jsonl" \
+  --iterations "$([ $mode = quick ] && echo 100000 || echo 2000000)"
+
 jq -s --arg leads "$LEADS" --arg quick "$quick" '
   def rate($x; $y): if ($y.rps // 0) > 0 then ($x.rps / $y.rps) else null end;
   (map({(.label[0:1]): .}) | add) as $r
@@ -163,8 +216,9 @@ jq -s --arg leads "$LEADS" --arg quick "$quick" '
       machine: {cpus: '"$(nproc)"'},
       leads: ($leads | tonumber), quick: ($quick == "true"),
       runs: .,
+      instrumentation: $instrumentation[0],
       ratios: {"b/a": rate($r.b; $r.a), "b/c": rate($r.b; $r.c), "b/d": rate($r.b; $r.d)}
-    }' "$OUT/runs.jsonl" >"$OUT/results.json"
+    }' --slurpfile instrumentation "$OUT/instrumentation.jsonl" "$OUT/runs.jsonl" >"$OUT/results.json"
 
 jq -r '
   def f($d): if . == null then "–" else (. * pow(10; $d) | round / pow(10; $d) | tostring) end;
@@ -173,6 +227,8 @@ jq -r '
   (.runs[] | "| \(.label) | \(.requests) | \(.errors) | \(.rps | f(0)) | \(.latency_ms.p50 | f(2)) | \(.latency_ms.p95 | f(2)) | \(.latency_ms.p99 | f(2)) | \(.latency_ms.max | f(2)) | \(.client_hit_pct.l1 | f(1)) | \(.client_hit_pct.l2 | f(1)) | \(.server.loads_per_request | f(4)) |"),
   "",
   "Ratios of requests per second: b/a \(.ratios["b/a"] | f(2)), b/c \(.ratios["b/c"] | f(2)), b/d \(.ratios["b/d"] | f(2)).",
+  "",
+  "Instrumentation per webhook: \(.instrumentation.runs | map("\(.instrumentation_ns_per_webhook | f(0)) ns on \(.threads) thread(s)") | join(", ")).",
   "",
   "Stampede store loads by kind: \(.runs[] | select(.scenario == "stampede") | .server.loads | to_entries | map("\(.key) \(.value)") | join(", "))."
 ' "$OUT/results.json" >"$OUT/results.md"

@@ -6,11 +6,13 @@
 //! the answer's `X-Hotline-Source` gives the hit rate per tier as the caller sees it.
 //! `scripts/bench.sh` drives it across scenarios.
 
+pub mod instrumentation;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,8 @@ pub enum Scenario {
     Webhook,
     /// `--stampede-requests` requests at once for one caller (run it on a cold instance).
     Stampede,
+    /// No server: what recording one webhook's metrics costs, in process, with and without.
+    Instrumentation,
 }
 
 impl Scenario {
@@ -43,6 +47,7 @@ impl Scenario {
             Scenario::Healthz => "healthz",
             Scenario::Webhook => "webhook",
             Scenario::Stampede => "stampede",
+            Scenario::Instrumentation => "instrumentation",
         }
     }
 }
@@ -63,6 +68,12 @@ pub struct BenchArgs {
     /// Concurrent workers, each with one request in flight (healthz, webhook).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub concurrency: u64,
+    /// Send at this many requests per second, on a fixed schedule shared by the workers (open
+    /// loop), instead of as fast as they can. The report gives how late requests left against
+    /// the schedule: a large lateness means the instance (or the generator) could not keep up,
+    /// and its latency figures then hide the wait.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
     /// Where the callers are read from: `select` the leads' and their organizations' numbers.
     /// Postgres or SQLite; needed by the webhook and stampede scenarios.
     #[arg(long, env = "DATABASE_URL")]
@@ -73,6 +84,11 @@ pub struct BenchArgs {
     /// Share of requests, in percent, from valid numbers that are not leads.
     #[arg(long, default_value_t = 10.0)]
     pub unknown_pct: f64,
+    /// How many distinct unknown callers there are, chosen by the same Zipf law (they call
+    /// again, as unknown callers do); 0: a number never seen before every time. Default: a
+    /// tenth of the callers.
+    #[arg(long)]
+    pub unknown_pool: Option<u64>,
     /// The Zipf exponent over callers (1.0: the k-th caller calls 1/k as often as the first).
     #[arg(long, default_value_t = 1.0)]
     pub zipf_s: f64,
@@ -85,6 +101,9 @@ pub struct BenchArgs {
     /// How many requests the stampede sends at once.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=20_000))]
     pub stampede_requests: u64,
+    /// How many webhooks' recordings the instrumentation scenario times.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: u64,
     /// The bearer token of the initiation webhook.
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
@@ -104,6 +123,8 @@ struct Target {
 #[derive(Debug, Default)]
 struct Tally {
     latencies_us: Vec<u64>,
+    /// Paced runs: how late each request left against its schedule.
+    lateness_us: Vec<u64>,
     errors: u64,
     sources: BTreeMap<String, u64>,
 }
@@ -111,6 +132,7 @@ struct Tally {
 impl Tally {
     fn merge(&mut self, other: Tally) {
         self.latencies_us.extend(other.latencies_us);
+        self.lateness_us.extend(other.lateness_us);
         self.errors += other.errors;
         for (k, v) in other.sources {
             *self.sources.entry(k).or_default() += v;
@@ -127,16 +149,35 @@ struct Shared {
     known_callers: HashSet<String>,
     zipf: Option<Zipf>,
     unknown_share: f64,
+    /// Unknown callers who call again, chosen by `unknown_zipf`; empty: a new number each time.
+    unknown_pool: Vec<Target>,
+    unknown_zipf: Option<Zipf>,
 }
 
 impl Shared {
     /// A known caller by Zipf rank, or (with the unknown share) a valid number that is no lead.
     fn pick(&self, rng: &mut ChaCha8Rng) -> Target {
         if self.known.is_empty() || rng.random_bool(self.unknown_share) {
-            return self.unknown(rng);
+            return match &self.unknown_zipf {
+                Some(zipf) => self.unknown_pool[zipf.sample(rng)].clone(),
+                None => self.unknown(rng),
+            };
         }
         let zipf = self.zipf.as_ref().expect("callers were loaded");
         self.known[zipf.sample(rng)].clone()
+    }
+
+    /// `size` distinct unknown callers, the same for the same seed.
+    fn fill_unknown_pool(&mut self, size: usize, seed: u64, zipf_s: f64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0075_6e6b_6e6f_776e);
+        let mut seen = HashSet::with_capacity(size);
+        while self.unknown_pool.len() < size {
+            let target = self.unknown(&mut rng);
+            if seen.insert(target.caller.clone()) {
+                self.unknown_pool.push(target);
+            }
+        }
+        self.unknown_zipf = Some(Zipf::new(size, zipf_s));
     }
 
     /// A US number in a known caller's area code, in an exchange the seeder also uses, that is
@@ -160,8 +201,21 @@ impl Shared {
         }
     }
 
-    async fn send(&self, scenario: Scenario, target: Option<&Target>, tally: &mut Tally) {
+    /// Sends one request and counts its latency; when paced, also how late it left against
+    /// `due`, its scheduled time.
+    async fn send(
+        &self,
+        scenario: Scenario,
+        target: Option<&Target>,
+        due: Option<Instant>,
+        tally: &mut Tally,
+    ) {
         let started = Instant::now();
+        if let Some(due) = due {
+            tally
+                .lateness_us
+                .push(started.saturating_duration_since(due).as_micros() as u64);
+        }
         let request = match (scenario, target) {
             (Scenario::Healthz, _) | (_, None) => self.client.get(format!("{}/healthz", self.base)),
             (_, Some(t)) => self
@@ -208,6 +262,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !(args.zipf_s.is_finite() && args.zipf_s >= 0.0) {
         bail!("--zipf-s must be 0 or more");
     }
+    if args.scenario == Scenario::Instrumentation {
+        let report = instrumentation::measure(args.iterations);
+        println!("{}", instrumentation::human_line(&report));
+        return write_json(args.json_out.as_deref(), &report);
+    }
     let base = args.url.trim_end_matches('/').to_string();
     let label = args
         .label
@@ -244,7 +303,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let known_callers = known.iter().map(|t| t.caller.clone()).collect();
     let zipf = (!known.is_empty()).then(|| Zipf::new(known.len(), args.zipf_s));
-    let shared = Arc::new(Shared {
+    let mut shared = Shared {
         client,
         base,
         secret,
@@ -253,7 +312,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         known_callers,
         zipf,
         unknown_share: args.unknown_pct / 100.0,
-    });
+        unknown_pool: Vec::new(),
+        unknown_zipf: None,
+    };
+    if needs_callers && args.unknown_pct > 0.0 {
+        let size = args
+            .unknown_pool
+            .unwrap_or(shared.known.len() as u64 / 10)
+            .max(1) as usize;
+        if args.unknown_pool != Some(0) {
+            shared.fill_unknown_pool(size, args.seed, args.zipf_s);
+        }
+    }
+    let shared = Arc::new(shared);
 
     // The instance must answer before anything is measured.
     shared
@@ -285,7 +356,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         scenario => {
             let c = args.concurrency as usize;
             let until = started + Duration::from_secs(args.duration_s);
-            (load(&shared, scenario, c, until, args.seed).await, c)
+            let pace = args.rate.map(|rate| Pace::new(started, rate));
+            (load(&shared, scenario, c, until, pace, args.seed).await, c)
         }
     };
     let elapsed = started.elapsed();
@@ -304,7 +376,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         &after,
     );
     println!("{}", human_line(&report));
-    if let Some(path) = &args.json_out {
+    write_json(args.json_out.as_deref(), &report)
+}
+
+/// Appends the report, one JSON object per line, to `path` when there is one.
+fn write_json(path: Option<&std::path::Path>, report: &Value) -> anyhow::Result<()> {
+    if let Some(path) = path {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -358,23 +435,69 @@ async fn load_callers(url: &DatabaseUrl, limit: u64) -> anyhow::Result<(Vec<Targ
     Ok((known, orgs.into_iter().map(|(p,)| p).collect()))
 }
 
-/// `concurrency` workers, each looping until `until`.
+/// A fixed schedule of requests shared by the workers: the n-th is due at `start + n / rate`.
+struct Pace {
+    start: Instant,
+    interval: Duration,
+    next: AtomicU64,
+}
+
+impl Pace {
+    fn new(start: Instant, rate: f64) -> Arc<Pace> {
+        Arc::new(Pace {
+            start,
+            interval: Duration::from_secs_f64(1.0 / rate),
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// The due time of the next request nobody has taken yet.
+    fn take(&self) -> Instant {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.start + self.interval.mul_f64(n as f64)
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1_000_000.0 => Ok(r),
+        _ => Err("a rate in requests per second, above 0 and at most 1000000".into()),
+    }
+}
+
+/// `concurrency` workers, each looping until `until`: back to back, or on `pace`'s schedule.
 async fn load(
     shared: &Arc<Shared>,
     scenario: Scenario,
     concurrency: usize,
     until: Instant,
+    pace: Option<Arc<Pace>>,
     seed: u64,
 ) -> Tally {
     let mut workers = Vec::with_capacity(concurrency);
     for w in 0..concurrency {
         let shared = Arc::clone(shared);
+        let pace = pace.clone();
         workers.push(tokio::spawn(async move {
             let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(w as u64));
             let mut tally = Tally::default();
-            while Instant::now() < until {
+            loop {
+                let due = match &pace {
+                    Some(pace) => {
+                        let due = pace.take();
+                        if due >= until {
+                            break;
+                        }
+                        tokio::time::sleep_until(due.into()).await;
+                        Some(due)
+                    }
+                    None if Instant::now() < until => None,
+                    None => break,
+                };
                 let target = (scenario != Scenario::Healthz).then(|| shared.pick(&mut rng));
-                shared.send(scenario, target.as_ref(), &mut tally).await;
+                shared
+                    .send(scenario, target.as_ref(), due, &mut tally)
+                    .await;
             }
             tally
         }));
@@ -382,23 +505,37 @@ async fn load(
     join(workers).await
 }
 
-/// One request per known caller, spread over `concurrency` workers.
+/// One request per caller (the known ones and the pool of unknown ones), spread over
+/// `concurrency` workers, the least frequent first: the most frequent callers are then the most
+/// recently cached when the measurement starts (tier 1 keeps nothing past `L1_MAX_AGE_S`).
 async fn warm_pass(shared: &Arc<Shared>, concurrency: usize) -> Tally {
+    let order: Arc<Vec<Target>> = Arc::new(warm_order(&shared.known, &shared.unknown_pool));
     let mut workers = Vec::with_capacity(concurrency);
     for w in 0..concurrency {
         let shared = Arc::clone(shared);
+        let order = Arc::clone(&order);
         workers.push(tokio::spawn(async move {
             let mut tally = Tally::default();
-            for i in (w..shared.known.len()).step_by(concurrency) {
-                let target = shared.known[i].clone();
+            for target in order.iter().skip(w).step_by(concurrency) {
                 shared
-                    .send(Scenario::Webhook, Some(&target), &mut tally)
+                    .send(Scenario::Webhook, Some(target), None, &mut tally)
                     .await;
             }
             tally
         }));
     }
     join(workers).await
+}
+
+/// Every caller once, interleaving known and unknown ones by rank, the lowest ranks last.
+fn warm_order(known: &[Target], unknown: &[Target]) -> Vec<Target> {
+    let mut order: Vec<(usize, &Target)> = known
+        .iter()
+        .enumerate()
+        .chain(unknown.iter().enumerate())
+        .collect();
+    order.sort_by_key(|(rank, _)| std::cmp::Reverse(*rank));
+    order.into_iter().map(|(_, t)| t.clone()).collect()
 }
 
 /// `n` requests for one caller, released together; connections are opened beforehand with
@@ -415,11 +552,13 @@ async fn stampede(shared: &Arc<Shared>, n: usize, seed: u64) -> Tally {
         let target = target.clone();
         workers.push(tokio::spawn(async move {
             let mut warmup = Tally::default();
-            shared.send(Scenario::Healthz, None, &mut warmup).await;
+            shared
+                .send(Scenario::Healthz, None, None, &mut warmup)
+                .await;
             gate.wait().await;
             let mut tally = Tally::default();
             shared
-                .send(Scenario::Stampede, Some(&target), &mut tally)
+                .send(Scenario::Stampede, Some(&target), None, &mut tally)
                 .await;
             tally
         }));
@@ -499,6 +638,15 @@ fn build_report(
     let errors = tally.errors;
     let sources = tally.sources;
     let latencies = Latencies::from_unsorted(tally.latencies_us);
+    let lateness = (!tally.lateness_us.is_empty())
+        .then(|| Latencies::from_unsorted(tally.lateness_us))
+        .map_or(Value::Null, |l| {
+            json!({
+                "p50": ms(l.percentile(50.0)),
+                "p99": ms(l.percentile(99.0)),
+                "max": ms(l.max()),
+            })
+        });
     let answered: u64 = sources.values().sum();
     let source_count = |s: Source| sources.get(s.as_str()).copied().unwrap_or(0);
 
@@ -518,6 +666,7 @@ fn build_report(
         "label": label,
         "scenario": scenario.as_str(),
         "concurrency": concurrency,
+        "target_rps": args.rate,
         "elapsed_s": secs,
         "requests": requests,
         "errors": errors,
@@ -529,6 +678,9 @@ fn build_report(
             "max": ms(latencies.max()),
             "mean": latencies.mean().map_or(Value::Null, |m| json!(m / 1000.0)),
         },
+        // Paced runs: how late requests left against their schedule (timer granularity is a
+        // millisecond; more than that means the generator was starved of workers or CPU).
+        "schedule_lateness_ms": lateness,
         "zipf_s": args.zipf_s,
         "unknown_pct": args.unknown_pct,
         "seed": args.seed,
@@ -572,7 +724,14 @@ fn human_line(r: &Value) -> String {
         l2 = f(&r["client_hit_pct"]["l2"]),
         lpr = r["server"]["loads_per_request"].as_f64().map_or("-".into(), |x| format!("{x:.4}")),
         loads = r["server"]["loads"],
-    )
+    ) + &match r["schedule_lateness_ms"].as_object() {
+        Some(l) => format!(
+            ", left late against the schedule: p99 {} ms, max {} ms",
+            f(&l["p99"]),
+            f(&l["max"])
+        ),
+        None => String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -604,6 +763,8 @@ mod tests {
             known_callers: ["+12125550100".to_string()].into_iter().collect(),
             zipf: Some(Zipf::new(1, 1.0)),
             unknown_share: 1.0,
+            unknown_pool: Vec::new(),
+            unknown_zipf: None,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for _ in 0..200 {
@@ -617,5 +778,66 @@ mod tests {
                 t.caller
             );
         }
+    }
+
+    fn target(caller: &str) -> Target {
+        Target {
+            caller: caller.into(),
+            called: "+13125550100".into(),
+        }
+    }
+
+    #[test]
+    fn a_pool_of_unknown_callers_repeats_and_is_the_same_for_a_seed() {
+        let mut shared = Shared {
+            client: reqwest::Client::new(),
+            base: String::new(),
+            secret: String::new(),
+            known: vec![target("+12125550100")],
+            unknown_called: vec!["+13125550100".into()],
+            known_callers: ["+12125550100".to_string()].into_iter().collect(),
+            zipf: Some(Zipf::new(1, 1.0)),
+            unknown_share: 1.0,
+            unknown_pool: Vec::new(),
+            unknown_zipf: None,
+        };
+        shared.fill_unknown_pool(5, 9, 1.0);
+        let pool: HashSet<String> = shared
+            .unknown_pool
+            .iter()
+            .map(|t| t.caller.clone())
+            .collect();
+        assert_eq!(pool.len(), 5, "distinct numbers");
+        assert!(!pool.contains("+12125550100"), "none of them a lead");
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let picked: HashSet<String> = (0..500).map(|_| shared.pick(&mut rng).caller).collect();
+        assert!(picked.is_subset(&pool) && picked.len() > 1, "{picked:?}");
+        let first: Vec<String> = shared
+            .unknown_pool
+            .iter()
+            .map(|t| t.caller.clone())
+            .collect();
+        shared.unknown_pool.clear();
+        shared.fill_unknown_pool(5, 9, 1.0);
+        let again: Vec<String> = shared
+            .unknown_pool
+            .iter()
+            .map(|t| t.caller.clone())
+            .collect();
+        assert_eq!(first, again, "the same seed, the same pool");
+    }
+
+    #[test]
+    fn the_warm_pass_ends_with_the_most_frequent_callers() {
+        let known = [target("+1a0"), target("+1a1"), target("+1a2")];
+        let unknown = [target("+1u0"), target("+1u1")];
+        let order: Vec<String> = warm_order(&known, &unknown)
+            .into_iter()
+            .map(|t| t.caller)
+            .collect();
+        assert_eq!(order.len(), 5);
+        assert_eq!(order[0], "+1a2", "the least frequent first");
+        let last: HashSet<&str> = order[3..].iter().map(String::as_str).collect();
+        assert_eq!(last, HashSet::from(["+1a0", "+1u0"]), "rank 0 last");
     }
 }

@@ -347,29 +347,6 @@ mod tests {
         upkeep.abort();
     }
 
-    /// Not asserted: prints what one request costs to record, Prometheus and window together.
-    #[test]
-    fn record_cost() {
-        let monitor = Monitor::new(MonitorConfig::default());
-        let n = 100_000u32;
-        let t = std::time::Instant::now();
-        for i in 0..n {
-            monitor.record_request(
-                "/api/leads/{id}",
-                "GET",
-                200,
-                Duration::from_micros(u64::from(i % 3000)),
-            );
-        }
-        let request = t.elapsed() / n;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            monitor.record_cache("lead", "l1_hit");
-        }
-        let cache = t.elapsed() / n;
-        println!("monitor: record_request {request:?}, record_cache {cache:?}");
-    }
-
     #[test]
     fn config_from_alert_args() {
         use clap::Parser;

@@ -350,7 +350,7 @@ pub struct WindowSummary {
 }
 
 /// Rolling one-minute statistics. Each record takes one uncontended mutex for a few dozen
-/// nanoseconds (see the `record_cost` test).
+/// nanoseconds (`hotline bench --scenario instrumentation` measures it).
 #[derive(Debug)]
 pub struct Window {
     started: Instant,
@@ -836,33 +836,5 @@ mod tests {
         assert_eq!(routes.len(), MAX_ROUTES + 1);
         assert_eq!(routes[0]["route"], "other");
         assert_eq!(routes[0]["count"], 10);
-    }
-
-    /// Not a benchmark that asserts: prints what one record costs.
-    #[test]
-    fn record_cost() {
-        let w = Window::new();
-        let n = 200_000u32;
-        let t = Instant::now();
-        for i in 0..n {
-            w.record_request(
-                "/api/webhooks/elevenlabs/conversation-initiation",
-                "POST",
-                200,
-                Duration::from_micros(u64::from(i % 5000)),
-            );
-        }
-        let req = t.elapsed() / n;
-        let t = Instant::now();
-        for _ in 0..n {
-            w.record_cache("lead_by_phone", "l1_hit");
-        }
-        let cache = t.elapsed() / n;
-        let t = Instant::now();
-        for _ in 0..100 {
-            std::hint::black_box(w.summary());
-        }
-        let summary = t.elapsed() / 100;
-        println!("window: record_request {req:?}, record_cache {cache:?}, summary {summary:?}");
     }
 }
