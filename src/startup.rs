@@ -49,12 +49,8 @@ fn listen_url(args: &ServeArgs) -> Option<String> {
 /// The two tiers as configured: tier 1 unless `L1_MAX_MB=0`, tier 2 when `REDIS_URL` is set
 /// and `REDIS_ENABLED` is not false.
 fn build_cache(args: &ServeArgs, monitor: &Monitor) -> anyhow::Result<Cache> {
-    let local = (args.l1_max_mb > 0).then(|| {
-        LocalTier::new(
-            args.l1_max_mb.saturating_mul(1024 * 1024),
-            Duration::from_secs(args.l1_max_age_s),
-        )
-    });
+    let local =
+        (args.l1_max_mb > 0).then(|| LocalTier::new(args.l1_max_mb.saturating_mul(1024 * 1024)));
     let remote = match (&args.redis_url, args.redis_enabled) {
         (Some(url), true) => Some(Arc::new(
             Remote::new(

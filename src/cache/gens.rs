@@ -24,6 +24,8 @@ use super::remote::Remote;
 
 /// Generations mirrored in process at most (others are fetched again from Redis).
 const MIRROR_CAPACITY: u64 = 1 << 20;
+/// Generations reconfirmed per Redis call.
+const RECONFIRM_BATCH: usize = 500;
 /// Bumps kept while Redis is unreachable; past this many, every kind is invalidated instead.
 const PENDING_MAX: usize = 10_000;
 
@@ -65,6 +67,7 @@ pub struct Generations {
     /// made the flush necessary). A message that raced a fetch needs no counter: the fetch
     /// inserts only where the mirror is still empty.
     flushes: AtomicU64,
+    mirror_ttl: Duration,
     /// Counts every change to the mirror by a bump, a message or a flush (under the
     /// `awaiting_echo` lock): a reconfirmation that raced one keeps nothing.
     changes: AtomicU64,
@@ -74,11 +77,13 @@ impl Generations {
     /// `mirror_ttl` bounds how long a mirrored generation is trusted without Redis confirming
     /// it (the tier-1 maximum age), so a lost message costs no more than that.
     pub fn new(remote: Option<Arc<Remote>>, mirror_ttl: Duration) -> Generations {
+        let mirror_ttl = mirror_ttl.max(Duration::from_secs(1));
         Generations {
             mirror: Cache::builder()
                 .max_capacity(MIRROR_CAPACITY)
-                .time_to_live(mirror_ttl.max(Duration::from_secs(1)))
+                .time_to_live(mirror_ttl)
                 .build(),
+            mirror_ttl,
             remote,
             origin: rand::random(),
             pending: Mutex::new(Pending::default()),
@@ -293,38 +298,54 @@ impl Generations {
         self.flushes.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// How often [`Generations::reconfirm_all`] should run: three times per time to live, so
+    /// that a generation Redis still holds is confirmed before it ages out of the mirror.
+    pub fn reconfirm_every(&self) -> Duration {
+        self.mirror_ttl / 3
+    }
+
+    /// Reconfirms every mirrored generation with Redis, in batches. Returns how many were
+    /// confirmed unchanged, and how many were mirrored.
+    pub async fn reconfirm_all(&self) -> (usize, usize) {
+        let keys: Vec<GenKey> = self.mirror.iter().map(|(k, _)| GenKey::clone(&k)).collect();
+        let mut confirmed = 0;
+        for batch in keys.chunks(RECONFIRM_BATCH) {
+            confirmed += self.reconfirm(batch).await;
+        }
+        (confirmed, keys.len())
+    }
+
     /// Reads mirrored generations from Redis again, so that a tier-1 entry that depends on them
     /// may be trusted for another maximum age: where nothing changed the mirror meanwhile, it
     /// takes Redis's value (the same, now confirmed, with a fresh time to live; or a newer one
     /// this instance missed). Keys no longer mirrored, bumped here and not yet echoed, or
-    /// waiting to be replayed to Redis are left alone. Returns whether every key was confirmed.
-    pub async fn reconfirm(&self, keys: &[GenKey]) -> bool {
+    /// waiting to be replayed to Redis are left alone. Returns how many keys were confirmed
+    /// unchanged.
+    pub async fn reconfirm(&self, keys: &[GenKey]) -> usize {
         let Some(remote) = self.usable_remote() else {
-            return false;
+            return 0;
         };
         let changes = self.changes.load(Ordering::Acquire);
         let before: Vec<Option<u64>> = keys.iter().map(|k| self.mirror.get(k)).collect();
         let Ok(values) = remote.generations(keys).await else {
-            return false;
+            return 0;
         };
         // Under the lock every bump, message and flush takes to change the mirror: nothing can
         // slip between the check and the update.
         let awaiting = self.awaiting_echo.lock().expect("not poisoned");
         if self.changes.load(Ordering::Acquire) != changes {
-            return false;
+            return 0;
         }
         let pending = self.pending.lock().expect("not poisoned");
-        let mut confirmed = true;
+        let mut confirmed = 0;
         for ((key, value), before) in keys.iter().zip(values).zip(before) {
             let Some(before) = before else {
-                confirmed = false;
                 continue;
             };
             if awaiting.contains_key(key)
                 || pending.gens.contains(key)
                 || pending.local_only.contains(key)
             {
-                confirmed = false;
                 continue;
             }
             let result = self
@@ -334,7 +355,9 @@ impl Generations {
                     Some(e) if *e.value() == before => Op::Put(value),
                     _ => Op::Nop,
                 });
-            confirmed &= matches!(result, CompResult::ReplacedWith(_)) && value == before;
+            if matches!(result, CompResult::ReplacedWith(_)) && value == before {
+                confirmed += 1;
+            }
         }
         confirmed
     }

@@ -1,10 +1,10 @@
 //! Tier 1: an in-process moka cache bounded by bytes, whose entries never outlive their stale
-//! window or the tier-1 maximum age.
+//! window. (The tier-1 maximum age is kept by the generations an entry is checked against on
+//! every hit: see `Generations`.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moka::ops::compute::Op;
 use moka::sync::Cache;
 use moka::Expiry;
 
@@ -47,32 +47,26 @@ impl Expiry<CacheKey, Arc<LocalEntry>> for EntryExpiry {
 
 pub struct LocalTier {
     cache: Cache<CacheKey, Arc<LocalEntry>>,
-    max_age: Duration,
 }
 
 impl LocalTier {
-    pub fn new(max_bytes: u64, max_age: Duration) -> LocalTier {
+    pub fn new(max_bytes: u64) -> LocalTier {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_k: &CacheKey, v: &Arc<LocalEntry>| v.weight)
             .expire_after(EntryExpiry)
             .build();
-        LocalTier { cache, max_age }
-    }
-
-    pub fn max_age(&self) -> Duration {
-        self.max_age
+        LocalTier { cache }
     }
 
     pub fn get(&self, key: &CacheKey) -> Option<Arc<LocalEntry>> {
         self.cache.get(key)
     }
 
-    /// Stores an entry until the end of its stale window or the maximum age, whichever is
-    /// first. `encoded_len` is the size of its serialised form (a fair estimate of its heap).
+    /// Stores an entry until the end of its stale window. `encoded_len` is the size of its
+    /// serialised form (a fair estimate of its heap).
     pub fn insert(&self, key: CacheKey, entry: Arc<Entry>, encoded_len: usize) {
-        let until_stale = Duration::from_millis((entry.stale_until_ms - now_ms()).max(0) as u64);
-        let expires_in = until_stale.min(self.max_age);
+        let expires_in = Duration::from_millis((entry.stale_until_ms - now_ms()).max(0) as u64);
         if expires_in.is_zero() {
             return;
         }
@@ -88,29 +82,6 @@ impl LocalTier {
                 expires_in,
             }),
         );
-    }
-
-    /// Keeps `found` for another maximum age (its generations were just confirmed), unless
-    /// the entry under `key` has changed meanwhile.
-    pub fn renew(&self, key: &CacheKey, found: &Arc<LocalEntry>) {
-        let until_stale =
-            Duration::from_millis((found.entry.stale_until_ms - now_ms()).max(0) as u64);
-        let expires_in = until_stale.min(self.max_age);
-        if expires_in.is_zero() {
-            return;
-        }
-        let renewed = Arc::new(LocalEntry {
-            entry: found.entry.clone(),
-            inserted: Instant::now(),
-            weight: found.weight,
-            expires_in,
-        });
-        self.cache
-            .entry(key.clone())
-            .and_compute_with(|current| match current {
-                Some(e) if Arc::ptr_eq(e.value(), found) => Op::Put(renewed),
-                _ => Op::Nop,
-            });
     }
 
     pub fn remove(&self, key: &CacheKey) {

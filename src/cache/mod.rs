@@ -10,7 +10,7 @@ mod local;
 pub mod remote;
 mod tasks;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 pub use entry::{now_ms, Entry, Value};
 pub use gens::{Generations, Message};
 pub use keys::{lead_hash, CacheKey, GenKey, Kind, Ttls};
-pub use local::{LocalEntry, LocalTier};
+pub use local::LocalTier;
 pub use remote::{Circuit, Remote, RemoteError, ServerInfo};
 pub use tasks::{spawn_background, BackgroundConfig};
 
@@ -208,8 +208,6 @@ pub struct Cache {
     gens: Arc<Generations>,
     ttls: Ttls,
     inflight: Mutex<HashMap<CacheKey, InFlight>>,
-    /// Tier-1 entries being renewed (see [`Cache::renew_local`]).
-    renewing: Mutex<HashSet<CacheKey>>,
     stats: [KindStats; 7],
     invalidations_by_source: [AtomicU64; 4],
     liveness: Arc<Liveness>,
@@ -236,7 +234,8 @@ pub enum Miss {
 
 impl Cache {
     /// `max_trust` is how long a mirrored generation is trusted without Redis confirming it
-    /// (the tier-1 maximum age).
+    /// (the tier-1 maximum age): a tier-1 entry is served only while every generation it was
+    /// read under is mirrored, so no entry outlives its last confirmation by more than that.
     pub fn new(
         local: Option<LocalTier>,
         remote: Option<Arc<Remote>>,
@@ -251,7 +250,6 @@ impl Cache {
             remote,
             ttls,
             inflight: Mutex::new(HashMap::new()),
-            renewing: Mutex::new(HashSet::new()),
             stats: Default::default(),
             invalidations_by_source: Default::default(),
             liveness,
@@ -337,13 +335,6 @@ impl Cache {
                         self.monitor.record_cache(kind.as_str(), "l1_hit");
                         if found.entry.wants_refresh(now) {
                             self.refresh(key, load);
-                        } else if found.inserted.elapsed() >= local.max_age().mul_f64(0.8) {
-                            let entry = found.entry.clone();
-                            self.renew_local(key, found);
-                            return Ok(Hit {
-                                entry,
-                                source: Source::L1,
-                            });
                         }
                         return Ok(Hit {
                             entry: found.entry.clone(),
@@ -467,37 +458,6 @@ impl Cache {
         let current = self.gens.current(&dep_keys, confirm).await;
         let valid = entry.deps.iter().zip(&current).all(|((_, v), c)| v == c);
         valid.then_some((entry, encoded_len))
-    }
-
-    /// Renews a frequently used tier-1 entry as it nears the tier-1 maximum age: its
-    /// generations are read from Redis again in the background and, still current, keep it in
-    /// tier 1 for another maximum age. So a frequent caller is not sent to Redis (nor, after a
-    /// kind's generation ages out of the mirror, every caller of that kind at once), while a
-    /// lost invalidation still costs at most a maximum age. Only while invalidations reach
-    /// this instance, and once per key at a time.
-    fn renew_local(self: &Arc<Self>, key: CacheKey, found: Arc<LocalEntry>) {
-        if self.remote.as_ref().is_none_or(|r| !r.breaker.is_closed())
-            || !self.liveness.invalidations_live()
-            || !self
-                .renewing
-                .lock()
-                .expect("not poisoned")
-                .insert(key.clone())
-        {
-            return;
-        }
-        let cache = self.clone();
-        tokio::spawn(async move {
-            let deps: Vec<GenKey> = found.entry.deps.iter().map(|(k, _)| k.clone()).collect();
-            if cache.gens.reconfirm(&deps).await
-                && cache.gens.all_current_locally(&found.entry.deps)
-            {
-                if let Some(local) = &cache.local {
-                    local.renew(&key, &found);
-                }
-            }
-            cache.renewing.lock().expect("not poisoned").remove(&key);
-        });
     }
 
     /// Starts a background load of `key` unless one is running.

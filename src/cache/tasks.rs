@@ -18,17 +18,6 @@ use crate::domain::{Phone, Region};
 /// The Postgres channel the triggers notify on (see `migrations/postgres`).
 pub const NOTIFY_CHANNEL: &str = "hotline_invalidate";
 
-/// The generation of each kind (see `reconfirm` in `probe`).
-const KIND_GENS: [GenKey; 7] = [
-    GenKey::Kind(Kind::Organization),
-    GenKey::Kind(Kind::Lead),
-    GenKey::Kind(Kind::LeadByPhone),
-    GenKey::Kind(Kind::Context),
-    GenKey::Kind(Kind::Summary),
-    GenKey::Kind(Kind::Greeting),
-    GenKey::Kind(Kind::History),
-];
-
 const PROBE_OPEN_EVERY: Duration = Duration::from_millis(250);
 const PROBE_CLOSED_EVERY: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -52,6 +41,7 @@ pub fn spawn_background(
     if cache.remote().is_some() {
         tokio::spawn(probe(cache.clone(), shutdown.clone()));
         tokio::spawn(subscribe(cache.clone(), shutdown.clone()));
+        tokio::spawn(reconfirm(cache.clone(), shutdown.clone()));
     }
     if let Some(url) = config.listen_url {
         tokio::spawn(listen(cache, url, config.region, shutdown));
@@ -111,10 +101,6 @@ async fn probe(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
                     tracing::info!("invalidations made while Redis was unreachable replayed");
                 }
                 let _ = remote.publish(&cache.generations().heartbeat()).await;
-                // Every entry depends on its kind's generation: confirm those before they age
-                // out of the mirror, or every tier-1 entry of a kind would fail at once and send
-                // its callers to Redis together.
-                cache.generations().reconfirm(&KIND_GENS).await;
             }
             Err(e) => {
                 if remote.breaker.is_closed() {
@@ -123,6 +109,25 @@ async fn probe(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
             }
         }
         remote.set_probing(false);
+    }
+}
+
+/// Keeps tier 1 trusted while Redis vouches for it: every mirrored generation is read from
+/// Redis again well before it ages out of the mirror (`L1_MAX_AGE_S`). An unchanged one stays
+/// (and with it every tier-1 entry read under it); a changed one, an invalidation this instance
+/// missed, replaces it and turns those entries away. Without this, entries would leave tier 1
+/// as their generations age out (every entry of a kind at once, with its kind's generation)
+/// and be read again from Redis, unchanged.
+async fn reconfirm(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
+    let every = cache.generations().reconfirm_every();
+    loop {
+        if stopping(&mut shutdown, every).await {
+            return;
+        }
+        if cache.remote().is_some_and(|r| r.breaker.is_closed()) {
+            let (confirmed, mirrored) = cache.generations().reconfirm_all().await;
+            tracing::debug!(confirmed, mirrored, "generations reconfirmed with Redis");
+        }
     }
 }
 
