@@ -329,7 +329,8 @@ pub struct ServeArgs {
     /// In-process cache budget in MiB; 0 turns the in-process tier off.
     #[arg(long, env = "L1_MAX_MB", default_value = "64", value_parser = parse_seconds)]
     pub l1_max_mb: u64,
-    /// No in-process entry is served older than this.
+    /// No in-process entry is served more than this long after Redis last confirmed it (without
+    /// Redis: after it was loaded).
     #[arg(long, env = "L1_MAX_AGE_S", default_value = "60", value_parser = parse_seconds)]
     pub l1_max_age_s: u64,
     /// How many recently active leads are loaded into the cache at start.
