@@ -749,23 +749,32 @@ mod tests {
         assert!(!d.contains_key("l1_entries"));
     }
 
-    #[test]
-    fn unknown_callers_are_valid_and_not_leads() {
-        let shared = Shared {
+    fn target(caller: &str) -> Target {
+        Target {
+            caller: caller.into(),
+            called: "+13125550100".into(),
+        }
+    }
+
+    /// One known caller, and every request from an unknown one.
+    fn all_unknown() -> Shared {
+        Shared {
             client: reqwest::Client::new(),
             base: String::new(),
             secret: String::new(),
-            known: vec![Target {
-                caller: "+12125550100".into(),
-                called: "+13125550100".into(),
-            }],
+            known: vec![target("+12125550100")],
             unknown_called: vec!["+13125550100".into()],
             known_callers: ["+12125550100".to_string()].into_iter().collect(),
             zipf: Some(Zipf::new(1, 1.0)),
             unknown_share: 1.0,
             unknown_pool: Vec::new(),
             unknown_zipf: None,
-        };
+        }
+    }
+
+    #[test]
+    fn unknown_callers_are_valid_and_not_leads() {
+        let shared = all_unknown();
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for _ in 0..200 {
             let t = shared.pick(&mut rng);
@@ -780,27 +789,9 @@ mod tests {
         }
     }
 
-    fn target(caller: &str) -> Target {
-        Target {
-            caller: caller.into(),
-            called: "+13125550100".into(),
-        }
-    }
-
     #[test]
     fn a_pool_of_unknown_callers_repeats_and_is_the_same_for_a_seed() {
-        let mut shared = Shared {
-            client: reqwest::Client::new(),
-            base: String::new(),
-            secret: String::new(),
-            known: vec![target("+12125550100")],
-            unknown_called: vec!["+13125550100".into()],
-            known_callers: ["+12125550100".to_string()].into_iter().collect(),
-            zipf: Some(Zipf::new(1, 1.0)),
-            unknown_share: 1.0,
-            unknown_pool: Vec::new(),
-            unknown_zipf: None,
-        };
+        let mut shared = all_unknown();
         shared.fill_unknown_pool(5, 9, 1.0);
         let pool: HashSet<String> = shared
             .unknown_pool

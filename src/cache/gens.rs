@@ -291,10 +291,12 @@ impl Generations {
 
     /// Forgets every mirrored generation: every tier-1 entry becomes invalid at once.
     pub fn flush(&self) {
-        self.mirror.invalidate_all();
+        // Under the lock, so that a reconfirmation either finishes before (and what it kept
+        // is forgotten here) or sees the change and keeps nothing.
         let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
-        awaiting.clear();
         self.changes.fetch_add(1, Ordering::AcqRel);
+        self.mirror.invalidate_all();
+        awaiting.clear();
         self.flushes.fetch_add(1, Ordering::AcqRel);
     }
 
