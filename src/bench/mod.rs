@@ -792,29 +792,20 @@ mod tests {
     #[test]
     fn a_pool_of_unknown_callers_repeats_and_is_the_same_for_a_seed() {
         let mut shared = all_unknown();
+        let callers = |s: &Shared| -> Vec<String> {
+            s.unknown_pool.iter().map(|t| t.caller.clone()).collect()
+        };
         shared.fill_unknown_pool(5, 9, 1.0);
-        let pool: HashSet<String> = shared
-            .unknown_pool
-            .iter()
-            .map(|t| t.caller.clone())
-            .collect();
+        let first = callers(&shared);
+        let pool: HashSet<String> = first.iter().cloned().collect();
         assert_eq!(pool.len(), 5, "distinct numbers");
         assert!(!pool.contains("+12125550100"), "none of them a lead");
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let picked: HashSet<String> = (0..500).map(|_| shared.pick(&mut rng).caller).collect();
         assert!(picked.is_subset(&pool) && picked.len() > 1, "{picked:?}");
-        let first: Vec<String> = shared
-            .unknown_pool
-            .iter()
-            .map(|t| t.caller.clone())
-            .collect();
         shared.unknown_pool.clear();
         shared.fill_unknown_pool(5, 9, 1.0);
-        let again: Vec<String> = shared
-            .unknown_pool
-            .iter()
-            .map(|t| t.caller.clone())
-            .collect();
+        let again = callers(&shared);
         assert_eq!(first, again, "the same seed, the same pool");
     }
 
