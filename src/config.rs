@@ -281,6 +281,10 @@ pub struct ServeArgs {
     /// pooler cannot LISTEN).
     #[arg(long, env = "DATABASE_LISTEN_URL")]
     pub database_listen_url: Option<DatabaseUrl>,
+    /// How often the LISTEN connection sends itself a heartbeat through the database; hearing
+    /// nothing for three of these, it reconnects (a connection that died without closing).
+    #[arg(long, env = "LISTEN_HEARTBEAT_MS", default_value = "2000", value_parser = parse_heartbeat_ms)]
+    pub listen_heartbeat_ms: u64,
 
     /// `redis://…` or `rediss://…`; unset: in-process cache only.
     #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
@@ -347,6 +351,15 @@ pub struct ServeArgs {
     /// Seed a small demo data set when the database is empty, and print a curl to try.
     #[arg(long)]
     pub demo: bool,
+}
+
+fn parse_heartbeat_ms(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if (50..=60_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a whole number of milliseconds from 50 to 60000"
+        )),
+    }
 }
 
 fn parse_key_prefix(s: &str) -> Result<String, String> {

@@ -16,5 +16,6 @@ pub mod seed;
 pub mod spool;
 pub mod startup;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 pub mod validate;

@@ -12,8 +12,7 @@ use futures_util::StreamExt;
 use uuid::Uuid;
 
 use crate::cache::{
-    lead_changes, lead_derived_keys, organization_changes, Cache, CacheKey, GenKey, Hit,
-    InvalidationSource, Kind, LoadCtx, Miss, Value,
+    Cache, CacheKey, Change, GenKey, Hit, InvalidationSource, Kind, LoadCtx, Miss, Value,
 };
 use crate::domain::{
     build_context, build_greeting, build_summary, CallOutcome, CallRecord, Channel, Conversation,
@@ -202,12 +201,13 @@ impl Lookup {
         deadline: Option<Instant>,
     ) -> StoreResult<Sourced<Option<Arc<Organization>>>> {
         let p = phone.clone();
+        let tag = self.cache.phone_tag(phone);
         let load = move |ctx: Arc<LoadCtx>, store: DynStore| async move {
-            ctx.observe(GenKey::OrganizationPhone(p.clone())).await;
+            ctx.observe(GenKey::OrganizationPhone(tag)).await;
             let org = store.organization_by_phone(&p).await?;
             Ok(Value::MaybeOrganization(org.map(Arc::new)))
         };
-        let key = CacheKey::OrganizationByPhone(phone.clone());
+        let key = CacheKey::OrganizationByPhone(tag);
         self.read(key, deadline, load, |v| match v {
             Value::MaybeOrganization(o) => Some(o.clone()),
             _ => None,
@@ -239,13 +239,13 @@ impl Lookup {
         deadline: Option<Instant>,
     ) -> StoreResult<Sourced<Option<Arc<Lead>>>> {
         let p = phone.clone();
+        let tag = self.cache.phone_tag(phone);
         let load = move |ctx: Arc<LoadCtx>, store: DynStore| async move {
-            ctx.observe(GenKey::LeadPhone(organization_id, p.clone()))
-                .await;
+            ctx.observe(GenKey::LeadPhone(organization_id, tag)).await;
             let lead = store.lead_by_phone(organization_id, &p).await?;
             Ok(Value::MaybeLead(lead.map(Arc::new)))
         };
-        let key = CacheKey::LeadByPhone(organization_id, phone.clone());
+        let key = CacheKey::LeadByPhone(organization_id, tag);
         self.read(key, deadline, load, |v| match v {
             Value::MaybeLead(l) => Some(l.clone()),
             _ => None,
@@ -348,14 +348,12 @@ impl Lookup {
     // Writes: each is acknowledged only once the store has committed it, and invalidates what
     // it changed before it returns (read-your-writes on this instance, pub/sub for the others).
 
-    async fn invalidate(&self, (gens, forget): (Vec<GenKey>, Vec<CacheKey>)) {
+    async fn invalidate(&self, change: Change) {
         // On a task of its own: a client that hangs up after the commit must not cancel the
         // invalidation (the handler's future is dropped then).
         let cache = self.cache.clone();
         let task = tokio::spawn(async move {
-            cache
-                .invalidate(gens, forget, InvalidationSource::Write)
-                .await;
+            cache.invalidate(&[change], InvalidationSource::Write).await;
         });
         if let Err(e) = task.await {
             tracing::error!(error = %e, "invalidation task failed");
@@ -365,7 +363,7 @@ impl Lookup {
     pub async fn create_organization(&self, new: NewOrganization) -> StoreResult<Organization> {
         let org = self.store.create_organization(new).await?;
         // Clears a negative entry for its phone number.
-        self.invalidate(organization_changes(&org, &org)).await;
+        self.invalidate(Change::organization(&org, &org)).await;
         Ok(org)
     }
 
@@ -375,44 +373,48 @@ impl Lookup {
         patch: OrganizationPatch,
     ) -> StoreResult<Organization> {
         let change = self.store.update_organization(id, patch).await?;
-        self.invalidate(organization_changes(&change.before, &change.after))
+        self.invalidate(Change::organization(&change.before, &change.after))
             .await;
         Ok(change.after)
     }
 
     pub async fn delete_organization(&self, id: Uuid) -> StoreResult<()> {
         let org = self.store.delete_organization(id).await?;
-        self.invalidate(organization_changes(&org, &org)).await;
+        self.invalidate(Change::OrganizationDeleted {
+            id: org.id,
+            phone: Some(org.phone_number),
+        })
+        .await;
         Ok(())
     }
 
     pub async fn create_lead(&self, new: NewLead) -> StoreResult<Lead> {
         let lead = self.store.create_lead(new).await?;
         // Clears a negative entry for its (organization, phone).
-        self.invalidate(lead_changes(&lead, &lead)).await;
+        self.invalidate(Change::lead(&lead, &lead)).await;
         Ok(lead)
     }
 
     pub async fn update_lead(&self, id: Uuid, patch: LeadPatch) -> StoreResult<Lead> {
         let change = self.store.update_lead(id, patch).await?;
-        self.invalidate(lead_changes(&change.before, &change.after))
+        self.invalidate(Change::lead(&change.before, &change.after))
             .await;
         Ok(change.after)
     }
 
-    /// Deletes the lead and its conversations; its personal data leaves Redis at once.
+    /// Deletes the lead and its conversations; its personal data leaves Redis at once, with
+    /// the generations that named it.
     pub async fn delete_lead(&self, id: Uuid) -> StoreResult<Lead> {
         let lead = self.store.delete_lead(id).await?;
-        self.invalidate(lead_changes(&lead, &lead)).await;
+        self.invalidate(Change::lead_deleted(&lead)).await;
         Ok(lead)
     }
 
     pub async fn create_conversation(&self, new: NewConversation) -> StoreResult<Conversation> {
         let conversation = self.store.create_conversation(new).await?;
-        self.invalidate((
-            vec![GenKey::Lead(conversation.lead_id)],
-            lead_derived_keys(conversation.lead_id),
-        ))
+        self.invalidate(Change::Conversations {
+            lead: conversation.lead_id,
+        })
         .await;
         Ok(conversation)
     }
@@ -420,15 +422,13 @@ impl Lookup {
     pub async fn record_call(&self, call: CallRecord) -> StoreResult<CallOutcome> {
         let caller = call.caller.clone();
         let outcome = self.store.record_call(call).await?;
-        let mut gens = vec![GenKey::Lead(outcome.lead_id)];
-        let mut forget = lead_derived_keys(outcome.lead_id);
-        if outcome.lead_created {
-            gens.push(GenKey::LeadPhone(outcome.organization_id, caller.clone()));
-            forget.push(CacheKey::LeadByPhone(outcome.organization_id, caller));
-        }
+        let created = outcome
+            .lead_created
+            .then_some((outcome.organization_id, caller));
         // Also for a duplicate: the first attempt may have committed and then failed to answer
         // (a timeout), leaving its invalidation undone.
-        self.invalidate((gens, forget)).await;
+        self.invalidate(Change::call_recorded(outcome.lead_id, created))
+            .await;
         Ok(outcome)
     }
 
@@ -436,29 +436,32 @@ impl Lookup {
 
     /// Invalidates everything of one lead, on every instance.
     pub async fn invalidate_lead(&self, id: Uuid) -> StoreResult<()> {
-        let changes = match self.store.lead(id).await {
-            Ok(lead) => lead_changes(&lead, &lead),
-            Err(StoreError::NotFound) => (vec![GenKey::Lead(id)], lead_derived_keys(id)),
+        let change = match self.store.lead(id).await {
+            Ok(lead) => Change::lead(&lead, &lead),
+            Err(StoreError::NotFound) => Change::Lead {
+                id,
+                pairs: Vec::new(),
+            },
             Err(e) => return Err(e),
         };
         self.cache
-            .invalidate(changes.0, changes.1, InvalidationSource::Manual)
+            .invalidate(&[change], InvalidationSource::Manual)
             .await;
         Ok(())
     }
 
     /// Invalidates an organization and what shows it, on every instance.
     pub async fn invalidate_organization(&self, id: Uuid) -> StoreResult<()> {
-        let changes = match self.store.organization(id).await {
-            Ok(org) => organization_changes(&org, &org),
-            Err(StoreError::NotFound) => (
-                vec![GenKey::Organization(id)],
-                vec![CacheKey::Organization(id)],
-            ),
+        let change = match self.store.organization(id).await {
+            Ok(org) => Change::organization(&org, &org),
+            Err(StoreError::NotFound) => Change::Organization {
+                id,
+                phones: Vec::new(),
+            },
             Err(e) => return Err(e),
         };
         self.cache
-            .invalidate(changes.0, changes.1, InvalidationSource::Manual)
+            .invalidate(&[change], InvalidationSource::Manual)
             .await;
         Ok(())
     }
@@ -466,11 +469,7 @@ impl Lookup {
     /// Invalidates every entry of the given kinds, on every instance.
     pub async fn invalidate_kinds(&self, kinds: &[Kind]) {
         self.cache
-            .invalidate(
-                kinds.iter().map(|k| GenKey::Kind(*k)).collect(),
-                Vec::new(),
-                InvalidationSource::Manual,
-            )
+            .invalidate(&[Change::Kinds(kinds.to_vec())], InvalidationSource::Manual)
             .await;
     }
 

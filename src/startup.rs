@@ -18,6 +18,7 @@ use crate::monitoring::{DownSince, Monitor, MonitorConfig};
 use crate::postcall;
 use crate::spool::Spool;
 use crate::store::{self, DynStore, InstrumentedStore};
+use crate::supervise::Tasks;
 
 /// A built application: migrated store, bound listener, ready to serve.
 pub struct Application {
@@ -30,6 +31,7 @@ pub struct Application {
 /// What runs beside the server while it serves.
 struct Background {
     listen_url: Option<String>,
+    listen_heartbeat: Duration,
     warm_leads: u64,
 }
 
@@ -134,7 +136,11 @@ impl Application {
         // from its first request. Bounded: with Redis down it starts at once, degraded, and the
         // background probe closes the breaker when Redis comes.
         if let Some(remote) = cache.remote() {
-            if remote.info(Duration::from_millis(300)).await.is_ok() {
+            if cache
+                .handshake(remote, Duration::from_millis(300))
+                .await
+                .is_ok()
+            {
                 remote.close_breaker();
             }
         }
@@ -146,9 +152,11 @@ impl Application {
             spool,
             monitor,
             db_down_since_ms: Arc::new(AtomicI64::new(0)),
+            tasks: Tasks::new(),
         };
         let background = Background {
             listen_url: listen_url(args),
+            listen_heartbeat: Duration::from_millis(args.listen_heartbeat_ms),
             warm_leads: args.warm_leads,
         };
         let listener = TcpListener::bind(args.listen_addr)
@@ -192,7 +200,9 @@ impl Application {
             BackgroundConfig {
                 listen_url: self.background.listen_url,
                 region: self.state.settings.default_region,
+                listen_heartbeat: self.background.listen_heartbeat,
             },
+            &self.state.tasks,
             stop_rx.clone(),
         );
         tokio::spawn(postcall::drain_spool(

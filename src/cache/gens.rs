@@ -26,8 +26,10 @@ use super::remote::Remote;
 const MIRROR_CAPACITY: u64 = 1 << 20;
 /// Generations reconfirmed per Redis call.
 const RECONFIRM_BATCH: usize = 500;
-/// Bumps kept while Redis is unreachable; past this many, every kind is invalidated instead.
+/// Changes kept while Redis is unreachable; past this many, every kind is invalidated instead.
 const PENDING_MAX: usize = 10_000;
+/// Generations (and deletions) replayed per Redis script.
+const REPLAY_CHUNK: usize = 256;
 
 /// An invalidation message on the Redis channel.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -38,39 +40,113 @@ pub struct Message {
     /// New generations.
     #[serde(rename = "g", default)]
     pub gens: Vec<(GenKey, u64)>,
+    /// Generations removed from Redis (they named a deleted row).
+    #[serde(rename = "r", default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<GenKey>,
     /// Drop every mirrored generation (and with them every tier-1 entry).
     #[serde(rename = "f", default)]
     pub flush: bool,
 }
 
-/// Changes that could not reach Redis, replayed when it answers again.
-#[derive(Default)]
+/// Changes that could not reach Redis, replayed when it answers again. Bounded: past
+/// [`PENDING_MAX`] keys it degrades to "every kind" (and, for deletions, to purging every lead's
+/// cached data), which costs misses but loses nothing.
+#[derive(Default, Clone)]
 struct Pending {
     gens: HashSet<GenKey>,
+    /// Generations to remove from Redis (they named a deleted row).
+    removed: HashSet<GenKey>,
+    /// Redis keys to delete.
     deletes: HashSet<String>,
-    /// Too many to keep: invalidate every kind on replay.
+    /// Too many generations to keep: invalidate every kind on replay.
     overflow: bool,
+    /// Too many deletions to keep: purge every lead's cached data on replay.
+    purge: bool,
     /// Generations made up here while Redis was unreachable (dropped from the mirror on
     /// replay, so that they are read from Redis again).
     local_only: HashSet<GenKey>,
+    /// Too many of those to list: the whole mirror is dropped on replay.
+    local_overflow: bool,
 }
+
+impl Pending {
+    /// Whether a change made here has not reached Redis yet.
+    fn owes_redis(&self) -> bool {
+        !self.gens.is_empty()
+            || !self.removed.is_empty()
+            || !self.deletes.is_empty()
+            || self.overflow
+            || self.purge
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.owes_redis() && self.local_only.is_empty() && !self.local_overflow
+    }
+
+    fn keeps_local(&self, key: &GenKey) -> bool {
+        self.gens.contains(key) || self.removed.contains(key)
+    }
+
+    fn add(&mut self, gens: &[GenKey], removed: &[GenKey], deletes: &[String]) {
+        if self.gens.len() + self.removed.len() + gens.len() + removed.len() > PENDING_MAX {
+            self.overflow = true;
+            // A removed generation must leave Redis: with too many to list, every lead's
+            // cached data is purged instead.
+            self.purge |= !removed.is_empty();
+        } else {
+            self.gens.extend(gens.iter().cloned());
+            self.removed.extend(removed.iter().cloned());
+        }
+        if self.deletes.len() + deletes.len() > PENDING_MAX {
+            self.purge = true;
+            self.deletes.clear();
+        } else if !self.purge {
+            self.deletes.extend(deletes.iter().cloned());
+        }
+    }
+
+    fn add_local_only(&mut self, key: GenKey) {
+        if self.local_only.len() >= PENDING_MAX {
+            self.local_overflow = true;
+        } else {
+            self.local_only.insert(key);
+        }
+    }
+
+    /// Forgets what `replayed` held (it reached Redis); what was added since stays.
+    fn settle(&mut self, replayed: &Pending) {
+        self.gens.retain(|k| !replayed.gens.contains(k));
+        self.removed.retain(|k| !replayed.removed.contains(k));
+        self.deletes.retain(|k| !replayed.deletes.contains(k));
+        self.local_only.retain(|k| !replayed.local_only.contains(k));
+        self.overflow &= !replayed.overflow;
+        self.purge &= !replayed.purge;
+        self.local_overflow &= !replayed.local_overflow;
+    }
+}
+
+/// Stands for "removed" among the bumps awaiting their echo.
+const REMOVED: u64 = 0;
+
+/// Redis key patterns (under the prefix) of every lead's cached data and generations.
+pub const LEAD_PATTERNS: [&str; 4] = ["lead:*", "leadphone:*", "gen:lead:*", "gen:leadphone:*"];
 
 pub struct Generations {
     mirror: Cache<GenKey, u64>,
     remote: Option<Arc<Remote>>,
     origin: u64,
     pending: Mutex<Pending>,
-    diverged: AtomicBool,
-    /// Keys this instance bumped whose own message has not come back yet, with the value.
+    /// Keys this instance bumped whose own message has not come back yet, with the value
+    /// ([`REMOVED`] for a removal). Every change to the mirror by a bump, a message or a flush
+    /// is made under this lock.
     awaiting_echo: Mutex<HashMap<GenKey, u64>>,
     /// Counts flushes: a fetch that raced one is not cached (its reply may predate whatever
     /// made the flush necessary). A message that raced a fetch needs no counter: the fetch
     /// inserts only where the mirror is still empty.
     flushes: AtomicU64,
     mirror_ttl: Duration,
-    /// Counts every change to the mirror by a bump, a message or a flush (under the
-    /// `awaiting_echo` lock): a reconfirmation that raced one keeps nothing.
-    changes: AtomicU64,
+    /// A replay to Redis is running (its changes still count as owed until it succeeds).
+    replaying: AtomicBool,
 }
 
 impl Generations {
@@ -87,10 +163,9 @@ impl Generations {
             remote,
             origin: rand::random(),
             pending: Mutex::new(Pending::default()),
-            diverged: AtomicBool::new(false),
             awaiting_echo: Mutex::new(HashMap::new()),
             flushes: AtomicU64::new(0),
-            changes: AtomicU64::new(0),
+            replaying: AtomicBool::new(false),
         }
     }
 
@@ -98,19 +173,41 @@ impl Generations {
         self.origin
     }
 
-    /// A message that carries nothing: sent periodically so that every subscriber can tell a
-    /// live subscription from a silently dead one.
-    pub fn heartbeat(&self) -> String {
+    fn message(&self, gens: Vec<(GenKey, u64)>, removed: Vec<GenKey>, flush: bool) -> String {
         serde_json::to_string(&Message {
             origin: self.origin,
-            gens: Vec::new(),
-            flush: false,
+            gens,
+            removed,
+            flush,
         })
         .expect("messages serialise")
     }
 
+    /// A message that carries nothing: sent periodically so that every subscriber can tell a
+    /// live subscription from a silently dead one.
+    pub fn heartbeat(&self) -> String {
+        self.message(Vec::new(), Vec::new(), false)
+    }
+
+    /// A message that tells every other instance to drop its mirror (and tier 1).
+    pub fn flush_message(&self) -> String {
+        self.message(Vec::new(), Vec::new(), true)
+    }
+
     fn flush_count(&self) -> u64 {
         self.flushes.load(Ordering::Acquire)
+    }
+
+    /// Whether a change made here has not reached Redis yet (or is being replayed).
+    pub fn owes_redis(&self) -> bool {
+        self.replaying.load(Ordering::Acquire)
+            || self.pending.lock().expect("not poisoned").owes_redis()
+    }
+
+    /// Whether nothing waits to be replayed to Redis (nor is being replayed).
+    pub fn reconciled(&self) -> bool {
+        !self.replaying.load(Ordering::Acquire)
+            && self.pending.lock().expect("not poisoned").is_empty()
     }
 
     /// Whether every dependency is current by the mirror alone.
@@ -124,9 +221,11 @@ impl Generations {
 
     /// The current generations of `keys`: mirrored ones at once, the others from Redis (which
     /// creates those it lacks) or, without Redis, created here. With `confirm`, every key is
-    /// read from Redis (used while invalidations may not be reaching this instance).
+    /// read from Redis, and what Redis says replaces the mirrored value (used while
+    /// invalidations may not be reaching this instance).
     pub async fn current(&self, keys: &[GenKey], confirm: bool) -> Vec<u64> {
-        let mut out: Vec<Option<u64>> = if confirm && self.usable_remote().is_some() {
+        let confirm = confirm && self.usable_remote().is_some();
+        let mut out: Vec<Option<u64>> = if confirm {
             vec![None; keys.len()]
         } else {
             keys.iter().map(|k| self.mirror.get(k)).collect()
@@ -139,7 +238,7 @@ impl Generations {
             let pending = self.pending.lock().expect("not poisoned");
             missing
                 .into_iter()
-                .partition(|i| !pending.gens.contains(&keys[*i]))
+                .partition(|i| !pending.keeps_local(&keys[*i]))
         };
         // Bumps Redis has not heard of yet: only the local value is right.
         for i in keep_local {
@@ -152,15 +251,26 @@ impl Generations {
                     let before = self.flush_count();
                     match remote.generations(&wanted).await {
                         Ok(values) => {
-                            // Cache only if no flush happened meanwhile, and only where the
-                            // mirror is still empty (a message may have brought a newer value).
+                            // Cache only if no flush happened meanwhile.
                             let cacheable = self.flush_count() == before;
+                            let awaiting = self.awaiting_echo.lock().expect("not poisoned");
                             for (n, i) in fetch.into_iter().enumerate() {
-                                let v = values[n];
-                                out[i] = Some(if cacheable {
-                                    self.mirror.entry(keys[i].clone()).or_insert(v).into_value()
-                                } else {
+                                let (key, v) = (&keys[i], values[n]);
+                                out[i] = Some(if !cacheable {
                                     v
+                                } else if confirm {
+                                    // Our own bump in flight is newer than what Redis said.
+                                    match awaiting.get(key) {
+                                        Some(_) => self.local_value(key),
+                                        None => {
+                                            self.mirror.insert(key.clone(), v);
+                                            v
+                                        }
+                                    }
+                                } else {
+                                    // Only where the mirror is still empty: a message may
+                                    // have brought a newer value meanwhile.
+                                    self.mirror.entry(key.clone()).or_insert(v).into_value()
                                 });
                             }
                         }
@@ -176,10 +286,9 @@ impl Generations {
                 None if self.remote.is_some() => {
                     // Redis unreachable: decide locally (stable while it lasts), and read it
                     // from Redis again once it is back.
-                    self.diverged.store(true, Ordering::Release);
                     let mut pending = self.pending.lock().expect("not poisoned");
                     for i in fetch {
-                        pending.local_only.insert(keys[i].clone());
+                        pending.add_local_only(keys[i].clone());
                         out[i] = Some(self.local_value(&keys[i]));
                     }
                 }
@@ -196,47 +305,53 @@ impl Generations {
     fn local_value(&self, key: &GenKey) -> u64 {
         self.mirror
             .entry(key.clone())
-            .or_insert_with(rand::random)
+            .or_insert_with(new_value)
             .into_value()
     }
 
-    /// Gives each key a new generation here, then in Redis with `delete` (Redis key names) and a
-    /// message to every other instance. Without Redis reachable, the change is kept and replayed
-    /// when it returns.
-    pub async fn bump(&self, keys: &[GenKey], delete: &[String]) {
-        let gens: Vec<(GenKey, u64)> = keys.iter().map(|k| (k.clone(), rand::random())).collect();
+    /// Gives each key of `bump` a new generation and removes those of `remove` (they named a
+    /// deleted row), here, then in Redis together with `delete` (Redis key names) and a message
+    /// to every other instance. Without Redis reachable, the change is kept and replayed when
+    /// it returns. A removed generation gets a throwaway value here, so that nothing mirrored
+    /// validates what was read before.
+    pub async fn bump(&self, bump: &[GenKey], remove: &[GenKey], delete: &[String]) {
+        let gens: Vec<(GenKey, u64)> = bump.iter().map(|k| (k.clone(), new_value())).collect();
         let usable = self.usable_remote().cloned();
         {
             let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
-            self.changes.fetch_add(1, Ordering::AcqRel);
             if usable.is_some() {
                 // Before the mirror changes, so that no older message from another instance
                 // can overwrite the new value in between.
                 for (k, v) in &gens {
                     awaiting.insert(k.clone(), *v);
                 }
+                for k in remove {
+                    awaiting.insert(k.clone(), REMOVED);
+                }
+            }
+            for (k, v) in &gens {
+                self.mirror.insert(k.clone(), *v);
+            }
+            for k in remove {
+                self.mirror.insert(k.clone(), new_value());
             }
         }
-        for (k, v) in &gens {
-            self.mirror.insert(k.clone(), *v);
-        }
-        let Some(remote) = &self.remote else {
+        if self.remote.is_none() {
             return;
-        };
+        }
         let sent = match usable {
             Some(remote) => {
-                let message = Message {
-                    origin: self.origin,
-                    gens: gens.clone(),
-                    flush: false,
-                };
-                let text = serde_json::to_string(&message).expect("messages serialise");
-                let ok = remote.bump(&gens, delete, &text).await.is_ok();
+                let text = self.message(gens.clone(), remove.to_vec(), false);
+                let ok = remote.bump(&gens, remove, delete, &text).await.is_ok();
                 if !ok {
                     let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
-                    for (k, v) in &gens {
-                        if awaiting.get(k) == Some(v) {
-                            awaiting.remove(k);
+                    let mine = gens
+                        .iter()
+                        .cloned()
+                        .chain(remove.iter().map(|k| (k.clone(), REMOVED)));
+                    for (k, v) in mine {
+                        if awaiting.get(&k) == Some(&v) {
+                            awaiting.remove(&k);
                         }
                     }
                 }
@@ -245,25 +360,18 @@ impl Generations {
             None => false,
         };
         if !sent {
-            tracing::debug!(
-                channel = remote.channel(),
-                "invalidation kept until Redis answers"
-            );
-            self.diverged.store(true, Ordering::Release);
-            let mut pending = self.pending.lock().expect("not poisoned");
-            if pending.gens.len() + keys.len() > PENDING_MAX {
-                pending.overflow = true;
-            } else {
-                pending.gens.extend(keys.iter().cloned());
-            }
-            pending.deletes.extend(delete.iter().cloned());
+            tracing::debug!("invalidation kept until Redis answers");
+            self.pending
+                .lock()
+                .expect("not poisoned")
+                .add(bump, remove, delete);
         }
     }
 
     /// Applies a message from the channel (this instance's own included, as the echo that
     /// confirms its bump). Returns whether it came from another instance.
     pub fn apply(&self, message: &Message) -> bool {
-        if message.gens.is_empty() && !message.flush {
+        if message.gens.is_empty() && message.removed.is_empty() && !message.flush {
             // A heartbeat: proof that the subscription is alive, nothing to apply.
             return false;
         }
@@ -271,19 +379,22 @@ impl Generations {
         if message.flush && !mine {
             self.flush();
         }
-        {
-            let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
-            self.changes.fetch_add(1, Ordering::AcqRel);
-            for (k, v) in &message.gens {
-                if mine {
-                    if awaiting.get(k) == Some(v) {
-                        awaiting.remove(k);
-                    }
-                } else if !awaiting.contains_key(k) {
-                    // While our own bump of `k` is in flight, anything from others that
-                    // arrives first ran before it in Redis: older than ours.
-                    self.mirror.insert(k.clone(), *v);
+        let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
+        let changes = message
+            .gens
+            .iter()
+            .map(|(k, v)| (k, *v))
+            .chain(message.removed.iter().map(|k| (k, REMOVED)));
+        for (k, v) in changes {
+            if mine {
+                if awaiting.get(k) == Some(&v) {
+                    awaiting.remove(k);
                 }
+            } else if !awaiting.contains_key(k) {
+                // While our own bump of `k` is in flight, anything from others that arrives
+                // first ran before it in Redis: older than ours.
+                let v = if v == REMOVED { new_value() } else { v };
+                self.mirror.insert(k.clone(), v);
             }
         }
         !mine
@@ -291,13 +402,42 @@ impl Generations {
 
     /// Forgets every mirrored generation: every tier-1 entry becomes invalid at once.
     pub fn flush(&self) {
-        // Under the lock, so that a reconfirmation either finishes before (and what it kept
-        // is forgotten here) or sees the change and keeps nothing.
         let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
-        self.changes.fetch_add(1, Ordering::AcqRel);
         self.mirror.invalidate_all();
         awaiting.clear();
         self.flushes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Continuity with Redis was broken (a new server, a failover) and every kind was given a
+    /// new generation there: what was mirrored and what waited to be replayed is moot, except
+    /// deletions of personal data, which are still owed.
+    pub fn forget_for_new_server(&self, tags_changed: bool) {
+        self.flush();
+        let mut pending = self.pending.lock().expect("not poisoned");
+        let deletes = std::mem::take(&mut pending.deletes);
+        let removed = std::mem::take(&mut pending.removed);
+        let purge = pending.purge;
+        *pending = Pending::default();
+        if tags_changed {
+            // Removed generations named with the old phone tags cannot be found again.
+            pending.purge = purge || !removed.is_empty() || !deletes.is_empty();
+        } else {
+            pending.removed = removed;
+            pending.deletes = deletes;
+            pending.purge = purge;
+        }
+    }
+
+    /// The phone tags changed while changes waited for Redis: they cannot be replayed under
+    /// their names, so every kind is invalidated instead.
+    pub fn retag_pending(&self) {
+        let mut pending = self.pending.lock().expect("not poisoned");
+        if pending.owes_redis() {
+            pending.overflow = true;
+            pending.purge |= !pending.removed.is_empty() || !pending.deletes.is_empty();
+            pending.gens.clear();
+            pending.removed.clear();
+        }
     }
 
     /// How often [`Generations::reconfirm_all`] should run: three times per time to live, so
@@ -318,26 +458,22 @@ impl Generations {
     }
 
     /// Reads mirrored generations from Redis again, so that a tier-1 entry that depends on them
-    /// may be trusted for another maximum age: where nothing changed the mirror meanwhile, it
-    /// takes Redis's value (the same, now confirmed, with a fresh time to live; or a newer one
-    /// this instance missed). Keys no longer mirrored, bumped here and not yet echoed, or
-    /// waiting to be replayed to Redis are left alone. Returns how many keys were confirmed
-    /// unchanged.
+    /// may be trusted for another maximum age. Each key is updated by compare-and-set: only
+    /// where the mirror still holds the value it held before the read, it takes Redis's value
+    /// (the same, now confirmed, with a fresh time to live; or a newer one this instance
+    /// missed) or, when Redis no longer has the key, is dropped. Generation values never
+    /// repeat, so a mirror that still holds its old value has seen nothing newer than Redis's
+    /// answer. Keys bumped here and not yet echoed, or waiting to be replayed to Redis, are left
+    /// alone. Returns how many keys were confirmed unchanged.
     pub async fn reconfirm(&self, keys: &[GenKey]) -> usize {
         let Some(remote) = self.usable_remote() else {
             return 0;
         };
-        let changes = self.changes.load(Ordering::Acquire);
         let before: Vec<Option<u64>> = keys.iter().map(|k| self.mirror.get(k)).collect();
-        let Ok(values) = remote.generations(keys).await else {
+        let Ok(values) = remote.peek_generations(keys).await else {
             return 0;
         };
-        // Under the lock every bump, message and flush takes to change the mirror: nothing can
-        // slip between the check and the update.
         let awaiting = self.awaiting_echo.lock().expect("not poisoned");
-        if self.changes.load(Ordering::Acquire) != changes {
-            return 0;
-        }
         let pending = self.pending.lock().expect("not poisoned");
         let mut confirmed = 0;
         for ((key, value), before) in keys.iter().zip(values).zip(before) {
@@ -345,52 +481,121 @@ impl Generations {
                 continue;
             };
             if awaiting.contains_key(key)
-                || pending.gens.contains(key)
+                || pending.keeps_local(key)
                 || pending.local_only.contains(key)
             {
                 continue;
             }
-            let result = self
-                .mirror
-                .entry(key.clone())
-                .and_compute_with(|current| match current {
-                    Some(e) if *e.value() == before => Op::Put(value),
-                    _ => Op::Nop,
-                });
-            if matches!(result, CompResult::ReplacedWith(_)) && value == before {
+            let result =
+                self.mirror
+                    .entry(key.clone())
+                    .and_compute_with(|current| match (current, value) {
+                        (Some(e), Some(v)) if *e.value() == before => Op::Put(v),
+                        (Some(e), None) if *e.value() == before => Op::Remove,
+                        _ => Op::Nop,
+                    });
+            if matches!(result, CompResult::ReplacedWith(_)) && value == Some(before) {
                 confirmed += 1;
             }
         }
         confirmed
     }
 
-    /// Called on every successful probe: replays what Redis missed and forgets what was
-    /// decided locally meanwhile. Returns whether anything had diverged.
+    /// Called on every successful probe: replays what Redis missed, in chunks, and forgets what
+    /// was decided locally meanwhile. What was replayed is forgotten only once every chunk has
+    /// reached Redis; a failure leaves it owed. Returns whether anything was replayed.
     pub async fn reconcile(&self) -> bool {
-        if self.usable_remote().is_none() || !self.diverged.swap(false, Ordering::AcqRel) {
+        let Some(remote) = self.usable_remote().cloned() else {
+            return false;
+        };
+        let snapshot = {
+            let pending = self.pending.lock().expect("not poisoned");
+            if pending.is_empty() {
+                return false;
+            }
+            pending.clone()
+        };
+        if self.replaying.swap(true, Ordering::AcqRel) {
             return false;
         }
-        let pending = std::mem::take(&mut *self.pending.lock().expect("not poisoned"));
-        let deletes: Vec<String> = pending.deletes.into_iter().collect();
-        let gens: Vec<GenKey> = if pending.overflow {
+        let done = self.replay(&remote, &snapshot).await;
+        if done {
+            self.pending.lock().expect("not poisoned").settle(&snapshot);
+        }
+        self.replaying.store(false, Ordering::Release);
+        done
+    }
+
+    async fn replay(&self, remote: &Remote, owed: &Pending) -> bool {
+        if owed.local_overflow {
+            self.flush();
+        } else {
+            for key in &owed.local_only {
+                self.mirror.invalidate(key);
+            }
+        }
+        let gens: Vec<GenKey> = if owed.overflow {
             Kind::ALL.iter().map(|k| GenKey::Kind(*k)).collect()
         } else {
-            pending.gens.into_iter().collect()
+            owed.gens.iter().cloned().collect()
         };
-        for key in &pending.local_only {
-            self.mirror.invalidate(key);
+        let removed: Vec<GenKey> = owed.removed.iter().cloned().collect();
+        let deletes: Vec<String> = owed.deletes.iter().cloned().collect();
+        if owed.purge {
+            for pattern in LEAD_PATTERNS {
+                if remote.purge(pattern).await.is_err() {
+                    return false;
+                }
+            }
         }
-        let mut first = true;
-        for chunk in gens.chunks(256) {
-            let del: &[String] = if first { &deletes } else { &[] };
-            first = false;
-            self.bump(chunk, del).await;
-        }
-        if first && !deletes.is_empty() {
-            self.bump(&[], &deletes).await;
+        let chunks = gens
+            .len()
+            .max(removed.len())
+            .max(deletes.len())
+            .div_ceil(REPLAY_CHUNK);
+        for n in 0..chunks {
+            let part = |v: &[GenKey]| -> Vec<GenKey> {
+                v.iter()
+                    .skip(n * REPLAY_CHUNK)
+                    .take(REPLAY_CHUNK)
+                    .cloned()
+                    .collect()
+            };
+            let bump: Vec<(GenKey, u64)> =
+                part(&gens).into_iter().map(|k| (k, new_value())).collect();
+            let remove = part(&removed);
+            let delete: Vec<String> = deletes
+                .iter()
+                .skip(n * REPLAY_CHUNK)
+                .take(REPLAY_CHUNK)
+                .cloned()
+                .collect();
+            let text = self.message(bump.clone(), remove.clone(), false);
+            {
+                let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
+                for (k, v) in &bump {
+                    awaiting.insert(k.clone(), *v);
+                    self.mirror.insert(k.clone(), *v);
+                }
+                for k in &remove {
+                    awaiting.insert(k.clone(), REMOVED);
+                }
+            }
+            if remote.bump(&bump, &remove, &delete, &text).await.is_err() {
+                let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
+                for k in bump.iter().map(|(k, _)| k).chain(&remove) {
+                    awaiting.remove(k);
+                }
+                return false;
+            }
         }
         true
     }
+}
+
+/// A new generation value: random, never [`REMOVED`].
+fn new_value() -> u64 {
+    rand::random::<u64>().max(1)
 }
 
 #[cfg(test)]
@@ -408,7 +613,7 @@ mod tests {
         let k = GenKey::Lead(Uuid::new_v4());
         let a = g.current(std::slice::from_ref(&k), false).await[0];
         assert_eq!(g.current(std::slice::from_ref(&k), false).await[0], a);
-        g.bump(std::slice::from_ref(&k), &[]).await;
+        g.bump(std::slice::from_ref(&k), &[], &[]).await;
         let b = g.current(std::slice::from_ref(&k), false).await[0];
         assert_ne!(a, b);
         assert!(g.all_current_locally(&[(k.clone(), b)]));
@@ -422,6 +627,7 @@ mod tests {
         let other = Message {
             origin: g.origin() ^ 1,
             gens: vec![(k.clone(), 7)],
+            removed: Vec::new(),
             flush: false,
         };
         assert!(g.apply(&other));
@@ -429,6 +635,7 @@ mod tests {
         let echo = Message {
             origin: g.origin(),
             gens: vec![(k.clone(), 9)],
+            removed: Vec::new(),
             flush: false,
         };
         assert!(!g.apply(&echo));
@@ -444,6 +651,7 @@ mod tests {
         g.apply(&Message {
             origin: g.origin() ^ 1,
             gens: vec![(k.clone(), 1)],
+            removed: Vec::new(),
             flush: false,
         });
         assert!(g.all_current_locally(&[(k.clone(), 2)]));
@@ -451,11 +659,13 @@ mod tests {
         g.apply(&Message {
             origin: g.origin(),
             gens: vec![(k.clone(), 2)],
+            removed: Vec::new(),
             flush: false,
         });
         g.apply(&Message {
             origin: g.origin() ^ 1,
             gens: vec![(k.clone(), 3)],
+            removed: Vec::new(),
             flush: false,
         });
         assert!(g.all_current_locally(&[(k, 3)]));

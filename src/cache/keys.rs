@@ -3,7 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::config::TtlArgs;
@@ -99,13 +101,98 @@ impl Ttls {
     }
 }
 
-/// One cached lookup.
+/// A phone number as it appears in Redis key names and messages: a keyed hash (128 bits of
+/// HMAC-SHA256), never the number itself. Personal data stays out of names that show up in
+/// `SCAN`, `MONITOR`, slow logs and keyspace tools, and outlive the data they named.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PhoneTag([u8; 16]);
+
+impl PhoneTag {
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for PhoneTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for PhoneTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PhoneTag({self})")
+    }
+}
+
+impl Serialize for PhoneTag {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for PhoneTag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let mut out = [0u8; 16];
+        hex::decode_to_slice(text.as_bytes(), &mut out)
+            .map_err(|_| serde::de::Error::custom("a phone tag is 32 hex digits"))?;
+        Ok(PhoneTag(out))
+    }
+}
+
+/// Turns phone numbers into [`PhoneTag`]s with a key shared by every instance of a deployment
+/// (kept in Redis; see `Remote::handshake`). Without Redis, the key is this process's own.
+#[derive(Clone)]
+pub struct PhoneTagger {
+    mac: Hmac<Sha256>,
+    key_hex: String,
+}
+
+impl PhoneTagger {
+    /// A tagger with a random key.
+    pub fn random() -> PhoneTagger {
+        PhoneTagger::from_hex(&hex::encode(rand::random::<[u8; 32]>()))
+            .expect("a fresh key is valid")
+    }
+
+    /// A tagger with a key written as 64 hex digits.
+    pub fn from_hex(key_hex: &str) -> Option<PhoneTagger> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(key_hex.as_bytes(), &mut key).ok()?;
+        Some(PhoneTagger {
+            mac: Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length"),
+            key_hex: key_hex.to_ascii_lowercase(),
+        })
+    }
+
+    pub fn key_hex(&self) -> &str {
+        &self.key_hex
+    }
+
+    pub fn tag(&self, phone: &Phone) -> PhoneTag {
+        let mut mac = self.mac.clone();
+        mac.update(phone.as_str().as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        PhoneTag(out)
+    }
+}
+
+impl fmt::Debug for PhoneTagger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PhoneTagger([redacted])")
+    }
+}
+
+/// One cached lookup. Lookups by phone are keyed by the number's tag.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CacheKey {
     Organization(Uuid),
-    OrganizationByPhone(Phone),
+    OrganizationByPhone(PhoneTag),
     Lead(Uuid),
-    LeadByPhone(Uuid, Phone),
+    LeadByPhone(Uuid, PhoneTag),
     Context(Uuid),
     Summary(Uuid),
     Greeting(Uuid, Channel),
@@ -174,11 +261,11 @@ pub enum GenKey {
     /// An organization's row (name, timezone, template, phone).
     Organization(Uuid),
     /// Which organization a phone number belongs to.
-    OrganizationPhone(Phone),
+    OrganizationPhone(PhoneTag),
     /// A lead's row and its conversations.
     Lead(Uuid),
     /// Which lead, if any, an (organization, phone) pair belongs to.
-    LeadPhone(Uuid, Phone),
+    LeadPhone(Uuid, PhoneTag),
 }
 
 impl GenKey {

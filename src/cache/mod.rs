@@ -3,6 +3,7 @@
 //! so that a write invalidates everything derived from it, on every instance, without listing
 //! keys, and a fill that raced a write is never served.
 
+mod changes;
 mod entry;
 mod gens;
 mod keys;
@@ -18,14 +19,17 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
+pub use changes::{kinds_of, lead_derived_keys, plan_all, Change, Notification, Plan};
 pub use entry::{now_ms, Entry, Value};
-pub use gens::{Generations, Message};
-pub use keys::{lead_hash, CacheKey, GenKey, Kind, Ttls};
+pub use gens::{Generations, Message, LEAD_PATTERNS};
+pub use keys::{lead_hash, CacheKey, GenKey, Kind, PhoneTag, PhoneTagger, Ttls};
 pub use local::LocalTier;
-pub use remote::{Circuit, Remote, RemoteError, ServerInfo};
+pub use remote::{Circuit, Handshake, Remote, RemoteError, ServerInfo};
 pub use tasks::{spawn_background, BackgroundConfig};
 
-use crate::domain::{Channel, Lead, Organization};
+use arc_swap::ArcSwap;
+
+use crate::domain::Phone;
 use crate::monitoring::{metrics, Monitor};
 use crate::store::StoreError;
 
@@ -77,14 +81,18 @@ pub enum InvalidationSource {
     Notify,
     /// The cache administration endpoint.
     Manual,
+    /// Continuity was in doubt (a Redis server that is not the one the generations were set
+    /// under, or database changes no instance may have heard): everything was invalidated.
+    Continuity,
 }
 
 impl InvalidationSource {
-    pub const ALL: [InvalidationSource; 4] = [
+    pub const ALL: [InvalidationSource; 5] = [
         InvalidationSource::Write,
         InvalidationSource::PubSub,
         InvalidationSource::Notify,
         InvalidationSource::Manual,
+        InvalidationSource::Continuity,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,6 +101,7 @@ impl InvalidationSource {
             InvalidationSource::PubSub => "pubsub",
             InvalidationSource::Notify => "notify",
             InvalidationSource::Manual => "manual",
+            InvalidationSource::Continuity => "continuity",
         }
     }
 }
@@ -114,6 +123,9 @@ pub struct KindStats {
 pub struct Liveness {
     pub pubsub: AtomicBool,
     pub listen: AtomicBool,
+    /// The database listener has settled that every change made before it connected was
+    /// heard by some instance, or has invalidated everything (see `tasks::Coverage`).
+    pub listen_settled: AtomicBool,
     /// Whether a Redis pub/sub subscription is expected (tier 2 is configured).
     pub expects_pubsub: bool,
     /// Whether a Postgres LISTEN connection is expected (the store is Postgres).
@@ -133,11 +145,14 @@ impl Liveness {
             || self.listen.load(Ordering::Acquire)
     }
 
-    /// Whether every expected channel is connected. Each one flushes tier 1 when it connects,
-    /// so work that fills tier 1 on purpose (warming) waits for this.
+    /// Whether every expected channel is connected (and the listener has settled what it may
+    /// have missed). Each one flushes tier 1 when it connects, and settling may invalidate
+    /// everything, so work that fills the cache on purpose (warming) waits for this.
     pub fn all_connected(&self) -> bool {
         (!self.expects_pubsub || self.pubsub.load(Ordering::Acquire))
-            && (!self.expects_listen || self.listen.load(Ordering::Acquire))
+            && (!self.expects_listen
+                || (self.listen.load(Ordering::Acquire)
+                    && self.listen_settled.load(Ordering::Acquire)))
     }
 }
 
@@ -209,7 +224,12 @@ pub struct Cache {
     ttls: Ttls,
     inflight: Mutex<HashMap<CacheKey, InFlight>>,
     stats: [KindStats; 7],
-    invalidations_by_source: [AtomicU64; 4],
+    invalidations_by_source: [AtomicU64; 5],
+    /// Turns phone numbers into the tags that name them in Redis (the deployment's key, from
+    /// the Redis handshake; this process's own until then).
+    tagger: ArcSwap<PhoneTagger>,
+    /// The Redis server the mirror was last verified against.
+    server: Mutex<Option<String>>,
     liveness: Arc<Liveness>,
     db_failing_until_ms: AtomicI64,
     fill_hook: Mutex<Option<FillHook>>,
@@ -252,6 +272,8 @@ impl Cache {
             inflight: Mutex::new(HashMap::new()),
             stats: Default::default(),
             invalidations_by_source: Default::default(),
+            tagger: ArcSwap::from_pointee(PhoneTagger::random()),
+            server: Mutex::new(None),
             liveness,
             db_failing_until_ms: AtomicI64::new(0),
             fill_hook: Mutex::new(None),
@@ -269,6 +291,68 @@ impl Cache {
 
     pub fn generations(&self) -> &Arc<Generations> {
         &self.gens
+    }
+
+    /// The tag that names `phone` in Redis.
+    pub fn phone_tag(&self, phone: &Phone) -> PhoneTag {
+        self.tagger.load().tag(phone)
+    }
+
+    /// The tagger in use (the one the next change is planned with).
+    pub fn tagger(&self) -> Arc<PhoneTagger> {
+        self.tagger.load_full()
+    }
+
+    /// Verifies the Redis server before it is trusted (see [`Remote::handshake`]) and takes
+    /// the deployment's phone-tag key. When the server is not the one the mirror was verified
+    /// against, or the handshake renewed the generations, the mirror and tier 1 are dropped
+    /// (and what waited to be replayed is moot, but for deletions). Called by the probe before
+    /// it closes the breaker, and on every probe after.
+    pub async fn handshake(
+        &self,
+        remote: &Remote,
+        timeout: Duration,
+    ) -> Result<Handshake, RemoteError> {
+        let proposed = self.tagger.load().key_hex().to_string();
+        let found = remote
+            .handshake(&proposed, &self.gens.flush_message(), timeout)
+            .await?;
+        let tags_changed = found.phone_key != proposed;
+        if tags_changed {
+            match PhoneTagger::from_hex(&found.phone_key) {
+                Some(tagger) => self.tagger.store(Arc::new(tagger)),
+                None => {
+                    return Err(RemoteError::Redis(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "the phone-tag key in Redis is not 64 hex digits",
+                    ))))
+                }
+            }
+        }
+        let new_server = {
+            let mut known = self.server.lock().expect("not poisoned");
+            let new = known.as_deref() != Some(found.run_id.as_str());
+            let had_one = known.is_some();
+            *known = Some(found.run_id.clone());
+            new && had_one
+        };
+        if found.renewed || new_server {
+            tracing::warn!(
+                renewed = found.renewed,
+                "redis is not the server the cache was verified against; every cached entry is invalid"
+            );
+            self.count_invalidation(&Kind::ALL.map(GenKey::Kind), InvalidationSource::Continuity);
+            self.gens.forget_for_new_server(tags_changed);
+            if let Some(local) = &self.local {
+                local.clear();
+            }
+        } else if tags_changed {
+            // The first handshake of this process (or a key lost from Redis): changes planned
+            // with this process's own tags cannot be replayed under their names.
+            self.gens.retag_pending();
+            self.flush_local();
+        }
+        Ok(found)
     }
 
     pub fn liveness(&self) -> &Arc<Liveness> {
@@ -618,24 +702,29 @@ impl Cache {
         }
     }
 
-    /// Invalidates `gens` everywhere and forgets `forget` (tier 1 here, tier 2 for all): the
-    /// writer calls this after its commit, before it answers.
-    pub async fn invalidate(
-        &self,
-        gens: Vec<GenKey>,
-        forget: Vec<CacheKey>,
-        source: InvalidationSource,
-    ) {
+    /// Invalidates what `changes` touched, everywhere: the writer calls this after its commit,
+    /// before it answers. What each change invalidates is decided in one place
+    /// ([`Change::plan`]).
+    pub async fn invalidate(&self, changes: &[Change], source: InvalidationSource) -> Plan {
+        let plan = plan_all(changes, &self.tagger.load());
+        if plan.is_empty() {
+            return plan;
+        }
+        let gens: Vec<GenKey> = plan.generations().cloned().collect();
         self.count_invalidation(&gens, source);
         if let Some(local) = &self.local {
-            for key in &forget {
+            for key in &plan.forget {
                 local.remove(key);
             }
         }
-        let mut delete: Vec<String> = forget.iter().map(|k| k.redis_location().0).collect();
+        let mut delete: Vec<String> = plan.forget.iter().map(|k| k.redis_location().0).collect();
         delete.sort();
         delete.dedup();
-        self.gens.bump(&gens, &delete).await;
+        self.gens.bump(&plan.bump, &plan.remove, &delete).await;
+        if plan.purge_leads {
+            self.purge_leads().await;
+        }
+        plan
     }
 
     /// Counts what a change of `gens` invalidates, per kind.
@@ -658,7 +747,7 @@ impl Cache {
     /// Removes every lead's cached data from Redis (after a TRUNCATE).
     pub async fn purge_leads(&self) {
         if let Some(remote) = self.remote.as_ref().filter(|r| r.breaker.is_closed()) {
-            for pattern in ["lead:*", "leadphone:*"] {
+            for pattern in LEAD_PATTERNS {
                 if let Err(e) = remote.purge(pattern).await {
                     tracing::warn!(error = %e, "could not purge cached leads from Redis");
                 }
@@ -672,7 +761,12 @@ impl Cache {
     /// Applies a message from another instance.
     pub fn apply_message(&self, message: &Message) {
         if self.gens.apply(message) {
-            let gens: Vec<GenKey> = message.gens.iter().map(|(k, _)| k.clone()).collect();
+            let gens: Vec<GenKey> = message
+                .gens
+                .iter()
+                .map(|(k, _)| k.clone())
+                .chain(message.removed.iter().cloned())
+                .collect();
             self.count_invalidation(&gens, InvalidationSource::PubSub);
             if message.flush {
                 if let Some(local) = &self.local {
@@ -681,87 +775,4 @@ impl Cache {
             }
         }
     }
-}
-
-/// The kinds whose entries depend on a generation.
-fn kinds_of(gen: &GenKey) -> &'static [Kind] {
-    match gen {
-        GenKey::Kind(k) => match k {
-            Kind::Organization => &[Kind::Organization],
-            Kind::Lead => &[Kind::Lead],
-            Kind::LeadByPhone => &[Kind::LeadByPhone],
-            Kind::Context => &[Kind::Context],
-            Kind::Summary => &[Kind::Summary],
-            Kind::Greeting => &[Kind::Greeting],
-            Kind::History => &[Kind::History],
-        },
-        GenKey::Organization(_) => &[Kind::Organization, Kind::Context, Kind::Greeting],
-        GenKey::OrganizationPhone(_) => &[Kind::Organization],
-        GenKey::Lead(_) => &[
-            Kind::Lead,
-            Kind::Context,
-            Kind::Summary,
-            Kind::Greeting,
-            Kind::History,
-        ],
-        GenKey::LeadPhone(..) => &[Kind::LeadByPhone],
-    }
-}
-
-/// What a change to an organization invalidates (`before` and `after` may be the same).
-pub fn organization_changes(
-    before: &Organization,
-    after: &Organization,
-) -> (Vec<GenKey>, Vec<CacheKey>) {
-    let mut gens = vec![
-        GenKey::Organization(after.id),
-        GenKey::OrganizationPhone(before.phone_number.clone()),
-    ];
-    let mut forget = vec![
-        CacheKey::Organization(after.id),
-        CacheKey::OrganizationByPhone(before.phone_number.clone()),
-    ];
-    if before.phone_number != after.phone_number {
-        gens.push(GenKey::OrganizationPhone(after.phone_number.clone()));
-        forget.push(CacheKey::OrganizationByPhone(after.phone_number.clone()));
-    }
-    (gens, forget)
-}
-
-/// What a change to a lead or its conversations invalidates (`before` and `after` may be the
-/// same): everything derived from the lead, and the phone lookups of its old and new number.
-pub fn lead_changes(before: &Lead, after: &Lead) -> (Vec<GenKey>, Vec<CacheKey>) {
-    let mut gens = vec![
-        GenKey::Lead(after.id),
-        GenKey::LeadPhone(before.organization_id, before.phone_number.clone()),
-    ];
-    let mut forget = lead_derived_keys(after.id);
-    forget.push(CacheKey::LeadByPhone(
-        before.organization_id,
-        before.phone_number.clone(),
-    ));
-    if before.phone_number != after.phone_number || before.organization_id != after.organization_id
-    {
-        gens.push(GenKey::LeadPhone(
-            after.organization_id,
-            after.phone_number.clone(),
-        ));
-        forget.push(CacheKey::LeadByPhone(
-            after.organization_id,
-            after.phone_number.clone(),
-        ));
-    }
-    (gens, forget)
-}
-
-/// The tier-1 keys of everything derived from one lead (history pages are covered by the
-/// lead's generation instead: there is no listing them).
-pub fn lead_derived_keys(lead: uuid::Uuid) -> Vec<CacheKey> {
-    let mut keys = vec![
-        CacheKey::Lead(lead),
-        CacheKey::Context(lead),
-        CacheKey::Summary(lead),
-    ];
-    keys.extend(Channel::ALL.iter().map(|c| CacheKey::Greeting(lead, *c)));
-    keys
 }

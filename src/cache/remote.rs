@@ -2,7 +2,7 @@
 //! guarded by a circuit breaker, so that no request waits on a dead or slow Redis; a background
 //! probe closes the breaker again when Redis answers.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,35 @@ pub enum RemoteError {
     Timeout,
     #[error("redis error: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The connection was replaced while the command ran: its answer may come from another
+    /// server, and is not used.
+    #[error("redis connection changed during the command")]
+    Reconnected,
+}
+
+impl RemoteError {
+    /// Whether the connection itself failed: a new one may reach another server (a restart, a
+    /// failover), which must be verified before anything it says is trusted.
+    fn broke_connection(&self) -> bool {
+        match self {
+            RemoteError::Redis(e) => {
+                e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What the handshake with a (new or known) Redis server found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// The server's `run_id`: a new one is a new process (a restart, a failover).
+    pub run_id: String,
+    /// This handshake found the generations set under another server (or none) and gave
+    /// every kind a new one: everything cached before is invalid.
+    pub renewed: bool,
+    /// The deployment's key for phone tags (64 hex digits).
+    pub phone_key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +83,9 @@ pub struct Breaker {
     failures: AtomicU32,
     down_since_ms: AtomicI64,
     last_error: Mutex<Option<String>>,
+    /// Counts verified sessions: it changes whenever the breaker closes after a handshake,
+    /// so that a command can tell whether it ran within one session.
+    session: AtomicU64,
 }
 
 impl Breaker {
@@ -80,11 +112,14 @@ impl Breaker {
         self.failures.store(0, Ordering::Release);
     }
 
-    /// Returns true when this failure opened the breaker.
+    /// Returns true when this failure opened the breaker. A broken connection opens it at
+    /// once: until the probe has verified the server behind the new connection (see
+    /// [`Remote::handshake`]), nothing Redis says is used.
     fn failure(&self, error: &RemoteError) -> bool {
         *self.last_error.lock().expect("not poisoned") = Some(error.to_string());
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if n >= FAILURES_TO_OPEN && !self.open.swap(true, Ordering::AcqRel) {
+        let open = n >= FAILURES_TO_OPEN || error.broke_connection();
+        if open && !self.open.swap(true, Ordering::AcqRel) {
             self.down_since_ms.store(now_ms(), Ordering::Release);
             return true;
         }
@@ -92,6 +127,7 @@ impl Breaker {
     }
 
     fn close(&self) {
+        self.session.fetch_add(1, Ordering::AcqRel);
         self.failures.store(0, Ordering::Release);
         self.down_since_ms.store(0, Ordering::Release);
         self.open.store(false, Ordering::Release);
@@ -145,6 +181,8 @@ pub struct Remote {
     get_gens: Script,
     fill: Script,
     bump: Script,
+    handshake: Script,
+    coverage: Script,
     monitor: Option<Monitor>,
 }
 
@@ -175,6 +213,8 @@ impl Remote {
             get_gens: Script::new(GET_GENS_LUA),
             fill: Script::new(FILL_LUA),
             bump: Script::new(BUMP_LUA),
+            handshake: Script::new(HANDSHAKE_LUA),
+            coverage: Script::new(COVERAGE_LUA),
             monitor,
         })
     }
@@ -209,8 +249,12 @@ impl Remote {
         if !self.breaker.is_closed() {
             return Err(RemoteError::Open);
         }
+        let session = self.breaker.session.load(Ordering::Acquire);
         let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(_)) if self.breaker.session.load(Ordering::Acquire) != session => {
+                return Err(RemoteError::Reconnected)
+            }
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(RemoteError::Redis(e)),
             Err(_) => Err(RemoteError::Timeout),
@@ -255,6 +299,19 @@ impl Remote {
         Ok(values.iter().map(|v| v.parse().unwrap_or(0)).collect())
     }
 
+    /// The current value of each generation, `None` where Redis has none; creates nothing.
+    pub async fn peek_generations(&self, gens: &[GenKey]) -> Result<Vec<Option<u64>>, RemoteError> {
+        let keys: Vec<String> = gens.iter().map(|g| self.gen_key(g)).collect();
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<String>> = self
+            .run(redis::cmd("MGET").arg(&keys).query_async(&mut conn))
+            .await?;
+        Ok(values
+            .into_iter()
+            .map(|v| v.and_then(|v| v.parse().ok()))
+            .collect())
+    }
+
     /// Stores `entry` under `key` only if every generation it depends on is still current in
     /// Redis, atomically: a fill that lost a race with a write is dropped, never stored.
     pub async fn fill(
@@ -279,17 +336,21 @@ impl Remote {
         Ok(stored == 1)
     }
 
-    /// Sets new generations, deletes `delete` (Redis key names) and publishes `message` on the
-    /// invalidation channel, in one atomic step, so that every instance sees the changes in the
-    /// order Redis applied them.
+    /// Sets new generations, removes the generations of `removed` and the keys of `delete`
+    /// (Redis key names), and publishes `message` on the invalidation channel, in one atomic
+    /// step, so that every instance sees the changes in the order Redis applied them.
     pub async fn bump(
         &self,
         gens: &[(GenKey, u64)],
+        removed: &[GenKey],
         delete: &[String],
         message: &str,
     ) -> Result<(), RemoteError> {
         let mut invocation = self.bump.prepare_invoke();
         for (g, _) in gens {
+            invocation.key(self.gen_key(g));
+        }
+        for g in removed {
             invocation.key(self.gen_key(g));
         }
         for name in delete {
@@ -305,6 +366,68 @@ impl Remote {
         }
         let mut conn = self.conn.clone();
         let _: i64 = self.run(invocation.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Verifies the server behind the connection before anything it says is trusted, in one
+    /// atomic script: the generations record the `run_id` of the server they were set under,
+    /// and when that is not this server's (a restart that restored old data, a failover to a
+    /// replica that may lag, a server that lost everything), every kind gets a new generation
+    /// and a flush is published, so that no entry filled before counts again. Also returns the
+    /// deployment's phone-tag key, creating it with `proposed_key` when there is none. Runs
+    /// outside the breaker (the probe calls it to close it).
+    pub async fn handshake(
+        &self,
+        proposed_key: &str,
+        flush_message: &str,
+        timeout: Duration,
+    ) -> Result<Handshake, RemoteError> {
+        let mut invocation = self.handshake.prepare_invoke();
+        invocation
+            .key(self.key("gen:server"))
+            .key(self.key("phonekey"));
+        for kind in super::keys::Kind::ALL {
+            invocation.key(self.gen_key(&GenKey::Kind(kind)));
+        }
+        invocation
+            .arg(proposed_key)
+            .arg(GEN_TTL_S)
+            .arg(&self.channel)
+            .arg(flush_message);
+        for _ in super::keys::Kind::ALL {
+            invocation.arg(rand::random::<u64>().max(1).to_string());
+        }
+        let mut conn = self.conn.clone();
+        let (run_id, renewed, phone_key): (String, i64, String) =
+            match tokio::time::timeout(timeout, invocation.invoke_async(&mut conn)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(RemoteError::Timeout),
+            };
+        Ok(Handshake {
+            run_id,
+            renewed: renewed == 1,
+            phone_key,
+        })
+    }
+
+    /// How far the database's change counter is known to be covered (every change up to it was
+    /// heard by a listening instance and invalidated in Redis), and how many milliseconds ago a
+    /// listener last said so (`None` when none ever did).
+    pub async fn coverage(&self) -> Result<(i64, Option<i64>), RemoteError> {
+        let mut invocation = self.coverage.prepare_invoke();
+        invocation.key(self.key("dbcoverage")).arg(0).arg(0);
+        let mut conn = self.conn.clone();
+        let (seq, age): (i64, i64) = self.run(invocation.invoke_async(&mut conn)).await?;
+        Ok((seq, (age >= 0).then_some(age)))
+    }
+
+    /// Records that every database change up to `seq` was heard and invalidated (never moves
+    /// the record back), and that a listener is alive now.
+    pub async fn claim_coverage(&self, seq: i64) -> Result<(), RemoteError> {
+        let mut invocation = self.coverage.prepare_invoke();
+        invocation.key(self.key("dbcoverage")).arg(1).arg(seq);
+        let mut conn = self.conn.clone();
+        let _: (i64, i64) = self.run(invocation.invoke_async(&mut conn)).await?;
         Ok(())
     }
 
@@ -374,7 +497,9 @@ impl Remote {
         Ok(parse_info(&text))
     }
 
-    /// Marks Redis reachable again (the probe succeeded).
+    /// Marks Redis reachable again: the probe verified the server (see
+    /// [`Remote::handshake`]). Starts a new session: commands that began before it are not
+    /// trusted.
     pub fn close_breaker(&self) {
         self.breaker.close();
         metrics::redis_up(true);
@@ -427,8 +552,8 @@ end
 return 1
 ";
 
-/// KEYS: n generation keys, then keys to delete. ARGV: n, TTL seconds, channel, message, then
-/// the n new generation values.
+/// KEYS: n generation keys, then generation keys and other keys to delete. ARGV: n, TTL
+/// seconds, channel, message, then the n new generation values.
 const BUMP_LUA: &str = r"
 local n = tonumber(ARGV[1])
 for i = 1, n do
@@ -439,6 +564,48 @@ for i = n + 1, #KEYS do
 end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
+";
+
+/// KEYS: the server record, the phone-tag key, then the kind generations. ARGV: a proposed
+/// phone-tag key, TTL seconds, channel, flush message, then a new value per kind generation.
+/// Returns the server's run_id, 1 when the generations were renewed, and the phone-tag key.
+const HANDSHAKE_LUA: &str = r"
+local info = redis.call('INFO', 'server')
+local run_id = string.match(info, 'run_id:(%x+)')
+local renewed = 0
+if redis.call('GET', KEYS[1]) ~= run_id then
+  for i = 3, #KEYS do
+    redis.call('SET', KEYS[i], ARGV[2 + i], 'EX', ARGV[2])
+  end
+  redis.call('SET', KEYS[1], run_id)
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  renewed = 1
+end
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+return {run_id, renewed, redis.call('GET', KEYS[2])}
+";
+
+/// KEYS[1]: the coverage record. ARGV: 1 to claim (then ARGV[2] the counter value) or 0 to
+/// read. Returns the covered counter value and the age in milliseconds of the last claim (-1
+/// when there was none), by the server's clock.
+const COVERAGE_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[1] == '1' then
+  local seq = tonumber(ARGV[2])
+  local old = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+  if seq > old then
+    redis.call('HSET', KEYS[1], 'seq', seq)
+  end
+  redis.call('HSET', KEYS[1], 'at', now)
+end
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local at = redis.call('HGET', KEYS[1], 'at')
+local age = -1
+if at then
+  age = now - tonumber(at)
+end
+return {seq, age}
 ";
 
 pub type SharedRemote = Arc<Remote>;

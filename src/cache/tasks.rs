@@ -1,19 +1,20 @@
-//! The cache's background work: the Redis probe that closes the breaker, the pub/sub
-//! subscriber that applies other instances' invalidations, and the Postgres listener that
-//! turns writes made around the service into invalidations. Each flushes tier 1 whenever
-//! invalidations may have been missed (a reconnect, a Redis restart).
+//! The cache's background work: the Redis probe that verifies the server and closes the
+//! breaker, the pub/sub subscriber that applies other instances' invalidations, the sweep that
+//! reconfirms mirrored generations, and the Postgres listener that turns writes made around the
+//! service into invalidations. Each flushes tier 1 whenever invalidations may have been missed
+//! (a reconnect, a new Redis server), and each runs supervised (see [`crate::supervise`]).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::watch;
-use uuid::Uuid;
 
-use super::{Cache, CacheKey, GenKey, InvalidationSource, Kind, Message};
-use crate::domain::{Phone, Region};
+use super::{Cache, Change, InvalidationSource, Message, Notification};
+use crate::domain::Region;
+use crate::supervise::Tasks;
 
 /// The Postgres channel the triggers notify on (see `migrations/postgres`).
 pub const NOTIFY_CHANNEL: &str = "hotline_invalidate";
@@ -30,21 +31,55 @@ pub struct BackgroundConfig {
     /// A Postgres URL to LISTEN on, when the store is Postgres.
     pub listen_url: Option<String>,
     pub region: Region,
+    /// How often the listener sends itself a heartbeat through the database; silence for three
+    /// of these is a dead connection.
+    pub listen_heartbeat: Duration,
 }
 
-/// Starts the background tasks; they end when `shutdown` turns true.
+/// Starts the background tasks, supervised; they end when `shutdown` turns true.
 pub fn spawn_background(
     cache: Arc<Cache>,
     config: BackgroundConfig,
+    tasks: &Tasks,
     shutdown: watch::Receiver<bool>,
 ) {
     if cache.remote().is_some() {
-        tokio::spawn(probe(cache.clone(), shutdown.clone()));
-        tokio::spawn(subscribe(cache.clone(), shutdown.clone()));
-        tokio::spawn(reconfirm(cache.clone(), shutdown.clone()));
+        let (c, s) = (cache.clone(), shutdown.clone());
+        tasks.spawn("redis_probe", shutdown.clone(), move || {
+            probe(c.clone(), s.clone())
+        });
+        let (c, s) = (cache.clone(), shutdown.clone());
+        tasks.spawn("redis_subscriber", shutdown.clone(), move || {
+            subscribe(c.clone(), s.clone())
+        });
+        let (c, s) = (cache.clone(), shutdown.clone());
+        tasks.spawn("generation_sweep", shutdown.clone(), move || {
+            reconfirm(c.clone(), s.clone())
+        });
     }
     if let Some(url) = config.listen_url {
-        tokio::spawn(listen(cache, url, config.region, shutdown));
+        let (c, s) = (cache.clone(), shutdown.clone());
+        let (region, heartbeat) = (config.region, config.listen_heartbeat);
+        tasks.spawn("database_listener", shutdown, move || {
+            listen(c.clone(), url.clone(), region, heartbeat, s.clone())
+        });
+    }
+}
+
+/// Sets a liveness flag while it lives, and clears it when dropped: a task that panics or
+/// stops never leaves its channel reported as connected.
+struct Live<'a>(&'a AtomicBool);
+
+impl<'a> Live<'a> {
+    fn set(flag: &'a AtomicBool) -> Live<'a> {
+        flag.store(true, Ordering::Release);
+        Live(flag)
+    }
+}
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -63,10 +98,12 @@ fn next_backoff(current: Duration) -> Duration {
     (current * 2).min(RECONNECT_MAX)
 }
 
-/// Closes the breaker when Redis answers, opens it when it stops, and notices restarts.
+/// Verifies the Redis server and closes the breaker when it answers, opens it when it stops.
+/// Every probe runs the handshake ([`Cache::handshake`]): a server that is not the one the
+/// cache was verified against (a restart that restored old data, a failover) invalidates
+/// everything before anything it holds is trusted.
 async fn probe(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
     let remote = cache.remote().expect("probe runs with a remote").clone();
-    let mut known_run_id: Option<String> = None;
     let mut first = true;
     loop {
         let closed = remote.breaker.is_closed();
@@ -84,16 +121,15 @@ async fn probe(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
         if !closed {
             remote.set_probing(true);
         }
-        match remote.info(PROBE_TIMEOUT).await {
-            Ok(info) => {
-                if known_run_id.as_deref().is_some_and(|id| id != info.run_id) {
-                    tracing::warn!("redis restarted (new run_id); flushing tier 1");
-                    cache.flush_local();
-                }
-                known_run_id = Some(info.run_id);
+        let checked = match remote.info(PROBE_TIMEOUT).await {
+            Ok(_) => cache.handshake(&remote, PROBE_TIMEOUT).await,
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(_) => {
                 if !remote.breaker.is_closed() {
                     remote.close_breaker();
-                    tracing::info!("redis reachable; circuit closed");
+                    tracing::info!("redis reachable and verified; circuit closed");
                 }
                 // Replays invalidations that failed to reach Redis (during an outage or a
                 // single timed-out command) and forgets generations made up meanwhile.
@@ -147,7 +183,7 @@ async fn subscribe(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
         .await;
         if let Ok(Ok(pubsub)) = connected {
             backoff = RECONNECT_MIN;
-            cache.liveness().pubsub.store(true, Ordering::Release);
+            let live = Live::set(&cache.liveness().pubsub);
             // Whatever was published while we were not subscribed is lost: start afresh.
             cache.flush_local();
             tracing::info!("subscribed to invalidations");
@@ -173,7 +209,7 @@ async fn subscribe(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
             // Not flushed here but on reconnect (above): until then tier-1 entries are trusted
             // only briefly (see `Liveness`), and they keep the last known values that are
             // served stale if the database fails too.
-            cache.liveness().pubsub.store(false, Ordering::Release);
+            drop(live);
             tracing::warn!("invalidation subscription lost; reconnecting (tier 1 is flushed then)");
         }
         if stopping(&mut shutdown, backoff).await {
@@ -183,131 +219,141 @@ async fn subscribe(cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// A row change reported by the triggers.
+/// What the listener hears: a change, or a heartbeat that a listener sent itself through the
+/// database, carrying the database's change counter as it was then.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-enum Change {
-    Organization {
-        id: Uuid,
-        phone: Option<String>,
-        old_phone: Option<String>,
-    },
-    Lead {
-        id: Uuid,
-        org: Uuid,
-        old_org: Option<Uuid>,
-        phone: Option<String>,
-        old_phone: Option<String>,
-    },
-    Conversation {
-        lead: Uuid,
-    },
-    /// Deleted leads, in chunks.
-    LeadRows {
-        rows: Vec<LeadRow>,
-    },
-    /// The leads whose conversations were deleted, in chunks.
-    ConversationLeads {
-        leads: Vec<Uuid>,
-    },
-    /// Too many rows changed in one statement to list them.
-    Bulk {
-        table: String,
-    },
-    /// A table was truncated.
-    Truncate {
-        table: String,
-    },
+#[serde(untagged)]
+enum Heard {
+    Ping(Ping),
+    Change(Notification),
 }
 
 #[derive(Debug, Deserialize)]
-struct LeadRow {
-    id: Uuid,
-    org: Uuid,
-    phone: Option<String>,
+struct Ping {
+    #[allow(dead_code, reason = "matched only, to tell a ping from a change")]
+    t: PingTag,
+    from: String,
+    seq: i64,
 }
 
-/// What a change notification invalidates.
-fn invalidation_for(change: Change, region: Region) -> (Vec<GenKey>, Vec<CacheKey>) {
-    let phone = |p: Option<String>| p.and_then(|p| Phone::parse(&p, region).ok());
-    match change {
-        Change::Organization {
-            id,
-            phone: new,
-            old_phone,
-        } => {
-            let mut gens = vec![GenKey::Organization(id)];
-            let mut forget = vec![CacheKey::Organization(id)];
-            for p in [phone(new), phone(old_phone)].into_iter().flatten() {
-                gens.push(GenKey::OrganizationPhone(p.clone()));
-                forget.push(CacheKey::OrganizationByPhone(p));
-            }
-            (gens, forget)
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PingTag {
+    Ping,
+}
+
+/// Whether the database changes made before this listener connected were heard by some
+/// instance (see [`Coverage::step`]).
+struct Coverage {
+    /// The change counter when this listener was first heard through: changes after it reach
+    /// this listener.
+    from: Option<i64>,
+    /// Whether everything before `from` is known to have been heard (or was invalidated).
+    settled: bool,
+    /// The counter of this listener's previous heartbeat: what it may claim as covered now.
+    previous: Option<i64>,
+    waiting_since: Option<Instant>,
+}
+
+impl Coverage {
+    fn new() -> Coverage {
+        Coverage {
+            from: None,
+            settled: false,
+            previous: None,
+            waiting_since: None,
         }
-        Change::Lead {
-            id,
-            org,
-            old_org,
-            phone: new,
-            old_phone,
-        } => {
-            let mut gens = vec![GenKey::Lead(id)];
-            let mut forget = super::lead_derived_keys(id);
-            if let Some(p) = phone(new) {
-                gens.push(GenKey::LeadPhone(org, p.clone()));
-                forget.push(CacheKey::LeadByPhone(org, p));
-            }
-            if let Some(p) = phone(old_phone) {
-                let o = old_org.unwrap_or(org);
-                gens.push(GenKey::LeadPhone(o, p.clone()));
-                forget.push(CacheKey::LeadByPhone(o, p));
-            }
-            (gens, forget)
+    }
+
+    /// One heartbeat of this listener came back with the change counter `seq`. Every change
+    /// committed before the heartbeat was sent has been heard (notifications arrive in commit
+    /// order), and later ones will be as long as the connection lives.
+    ///
+    /// Until it is settled that the changes before this listener connected were heard by some
+    /// instance (another listener claimed them, within `wait`), or, when no other listener is
+    /// alive to claim them, everything is invalidated. Once settled, and with nothing owed to
+    /// Redis, it claims the counter of its previous heartbeat (one heartbeat of slack for
+    /// transactions that were still open).
+    async fn step(&mut self, cache: &Cache, seq: i64, heartbeat: Duration) {
+        let from = *self.from.get_or_insert(seq);
+        let Some(remote) = cache.remote() else {
+            // Nothing shared to repair: this instance's tier 1 was flushed when it connected.
+            self.settled = true;
+            cache
+                .liveness()
+                .listen_settled
+                .store(true, Ordering::Release);
+            return;
+        };
+        if !remote.breaker.is_closed() {
+            return;
         }
-        Change::Conversation { lead } => (vec![GenKey::Lead(lead)], super::lead_derived_keys(lead)),
-        Change::LeadRows { rows } => {
-            let mut gens = Vec::with_capacity(rows.len() * 2);
-            let mut forget = Vec::with_capacity(rows.len() * 9);
-            for row in rows {
-                gens.push(GenKey::Lead(row.id));
-                forget.extend(super::lead_derived_keys(row.id));
-                if let Some(p) = phone(row.phone) {
-                    gens.push(GenKey::LeadPhone(row.org, p.clone()));
-                    forget.push(CacheKey::LeadByPhone(row.org, p));
-                }
-            }
-            (gens, forget)
-        }
-        Change::ConversationLeads { leads } => {
-            let forget = leads
-                .iter()
-                .flat_map(|l| super::lead_derived_keys(*l))
-                .collect();
-            (leads.into_iter().map(GenKey::Lead).collect(), forget)
-        }
-        Change::Truncate { .. } => (
-            Kind::ALL.iter().map(|k| GenKey::Kind(*k)).collect(),
-            Vec::new(),
-        ),
-        Change::Bulk { table } => {
-            let kinds: &[Kind] = match table.as_str() {
-                "organizations" => &[Kind::Organization, Kind::Context, Kind::Greeting],
-                "conversations" => &[Kind::Context, Kind::Summary, Kind::Greeting, Kind::History],
-                _ => &Kind::ALL,
+        let mut claim = self.previous.filter(|p| *p >= from);
+        if !self.settled {
+            let Ok((covered, age_ms)) = remote.coverage().await else {
+                return;
             };
-            (kinds.iter().map(|k| GenKey::Kind(*k)).collect(), Vec::new())
+            let waited = self
+                .waiting_since
+                .get_or_insert_with(Instant::now)
+                .elapsed();
+            let someone_listens = age_ms.is_some_and(|ms| ms < (heartbeat * 3).as_millis() as i64);
+            if covered >= from {
+                self.settled = true;
+            } else if !someone_listens || waited > heartbeat * 4 {
+                tracing::warn!(
+                    "database changes may have been made while no instance listened; invalidating everything"
+                );
+                cache
+                    .invalidate(&[Change::Everything], InvalidationSource::Continuity)
+                    .await;
+                self.settled = !cache.generations().owes_redis();
+            }
+            if self.settled {
+                // Everything up to `from` was heard by someone or is invalid now; what came
+                // after reaches this listener.
+                claim = Some(from);
+                cache
+                    .liveness()
+                    .listen_settled
+                    .store(true, Ordering::Release);
+            }
         }
+        if self.settled && !cache.generations().owes_redis() {
+            if let Some(claim) = claim {
+                let _ = remote.claim_coverage(claim).await;
+            }
+        }
+        self.previous = Some(seq);
     }
 }
 
 /// Turns Postgres notifications into invalidations; flushes tier 1 on every (re)connect,
-/// because notifications sent while disconnected are lost.
+/// because notifications sent while disconnected are lost. Every `heartbeat` it sends itself a
+/// notification through the database (over a connection of its own, so that a dead database
+/// is noticed too); hearing nothing for three heartbeats means the connection died without
+/// closing (a half-open TCP connection), and it reconnects.
 async fn listen(
     cache: Arc<Cache>,
     url: String,
     region: Region,
+    heartbeat: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let me = format!("{:016x}", cache.generations().origin());
+    let pinger = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy(&url)
+    {
+        Ok(pool) => pool,
+        Err(e) => {
+            tracing::error!(error = %e, "DATABASE_LISTEN_URL is not usable");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    let silence = heartbeat * 3;
     let mut backoff = RECONNECT_MIN;
     loop {
         let connected = tokio::time::timeout(Duration::from_secs(2), async {
@@ -318,43 +364,51 @@ async fn listen(
         .await;
         if let Ok(Ok(mut listener)) = connected {
             backoff = RECONNECT_MIN;
-            cache.liveness().listen.store(true, Ordering::Release);
+            let live = Live::set(&cache.liveness().listen);
+            let _settled = Live(&cache.liveness().listen_settled);
             cache.flush_local();
             tracing::info!("listening for database changes");
+            let mut coverage = Coverage::new();
+            let pings = tokio::spawn(send_pings(pinger.clone(), me.clone(), heartbeat));
             loop {
                 tokio::select! {
-                    n = listener.try_recv() => match n {
-                        Ok(Some(notification)) => {
-                            match serde_json::from_str::<Change>(notification.payload()) {
-                                Ok(Change::Truncate { table }) => {
-                                    // Everything is invalid, and no deleted person's data may
-                                    // stay in Redis: remove every lead's cached data.
-                                    let (gens, forget) =
-                                        invalidation_for(Change::Truncate { table: table.clone() }, region);
-                                    cache.invalidate(gens, forget, InvalidationSource::Notify).await;
-                                    if table != "organizations" {
-                                        cache.purge_leads().await;
+                    heard = tokio::time::timeout(silence, listener.try_recv()) => match heard {
+                        Ok(Ok(Some(notification))) => {
+                            match serde_json::from_str::<Heard>(notification.payload()) {
+                                Ok(Heard::Ping(ping)) => {
+                                    if ping.from == me {
+                                        coverage.step(&cache, ping.seq, heartbeat).await;
                                     }
                                 }
-                                Ok(change) => {
-                                    let (gens, forget) = invalidation_for(change, region);
-                                    cache.invalidate(gens, forget, InvalidationSource::Notify).await;
+                                Ok(Heard::Change(change)) => {
+                                    cache
+                                        .invalidate(&change.changes(region), InvalidationSource::Notify)
+                                        .await;
                                 }
                                 Err(_) => tracing::warn!("ignoring a malformed change notification"),
                             }
                         }
+                        // Silence past the bound: the connection is dead without having closed.
+                        Err(_) => {
+                            tracing::warn!("database change listener heard nothing, not even its heartbeat");
+                            break;
+                        }
                         // `Ok(None)`: the connection was lost (sqlx would reconnect silently and
                         // lose what was sent meanwhile): reconnect ourselves, and flush.
-                        Ok(None) | Err(_) => break,
+                        Ok(Ok(None)) | Ok(Err(_)) => break,
                     },
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.changed() => {
+                        pings.abort();
+                        return;
+                    }
                 }
             }
+            pings.abort();
             // Not flushed here: while the database is unreachable, tier 1 holds the last known
             // values that are served stale (without Redis, nothing else does). Until the
             // listener is back, tier-1 entries are trusted only briefly (see `Liveness`), and
             // the reconnect above flushes what notifications may have been missed meanwhile.
-            cache.liveness().listen.store(false, Ordering::Release);
+            drop(live);
             tracing::warn!("database change listener lost; reconnecting (tier 1 is flushed then)");
         }
         if stopping(&mut shutdown, backoff).await {
@@ -364,40 +418,39 @@ async fn listen(
     }
 }
 
+/// Sends the listener's heartbeat through the database every `every`, with the change counter.
+async fn send_pings(pool: sqlx::PgPool, me: String, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let sent = tokio::time::timeout(
+            every,
+            sqlx::query(
+                "select pg_notify($1, json_build_object('t', 'ping', 'from', $2::text, \
+                 'seq', hotline_change_seq_value())::text)",
+            )
+            .bind(NOTIFY_CHANNEL)
+            .bind(&me)
+            .execute(&pool),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(_))) {
+            tracing::debug!("listener heartbeat not sent");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn notifications_map_to_generations() {
-        let id = Uuid::new_v4();
-        let org = Uuid::new_v4();
-        let change: Change = serde_json::from_str(&format!(
-            r#"{{"t":"lead","id":"{id}","org":"{org}","old_org":"{org}","phone":"+16129782029","old_phone":"+16129782030"}}"#
-        ))
-        .unwrap();
-        let (gens, forget) = invalidation_for(change, Region::default());
-        assert!(gens.contains(&GenKey::Lead(id)));
-        assert_eq!(gens.len(), 3, "the lead and both phone pairs");
-        assert!(forget.contains(&CacheKey::Context(id)));
-
-        let bulk: Change = serde_json::from_str(r#"{"t":"bulk","table":"leads"}"#).unwrap();
-        let (gens, _) = invalidation_for(bulk, Region::default());
-        assert_eq!(gens.len(), Kind::ALL.len());
-
-        let rows: Change = serde_json::from_str(&format!(
-            r#"{{"t":"lead_rows","rows":[{{"id":"{id}","org":"{org}","phone":"+16129782029"}}]}}"#
-        ))
-        .unwrap();
-        let (gens, forget) = invalidation_for(rows, Region::default());
-        assert_eq!(gens.len(), 2);
-        assert!(forget.contains(&CacheKey::Lead(id)));
-
-        let conv: Change =
-            serde_json::from_str(&format!(r#"{{"t":"conversation","lead":"{id}"}}"#)).unwrap();
-        assert_eq!(
-            invalidation_for(conv, Region::default()).0,
-            vec![GenKey::Lead(id)]
-        );
+    fn pings_and_changes_are_told_apart() {
+        let ping: Heard =
+            serde_json::from_str(r#"{"t" : "ping", "from" : "00ab", "seq" : 42}"#).unwrap();
+        assert!(matches!(ping, Heard::Ping(Ping { seq: 42, .. })));
+        let change: Heard = serde_json::from_str(r#"{"t":"bulk","table":"leads"}"#).unwrap();
+        assert!(matches!(change, Heard::Change(Notification::Bulk { .. })));
     }
 }

@@ -23,6 +23,7 @@ use crate::domain::Region;
 use crate::lookup::Lookup;
 use crate::monitoring::{metrics, Monitor};
 use crate::spool::Spool;
+use crate::supervise::Tasks;
 
 pub use error::{ApiError, Result};
 
@@ -36,6 +37,8 @@ pub struct AppState {
     pub monitor: Monitor,
     /// Since when (unix ms) the database has been failing its probe; 0 while it answers.
     pub db_down_since_ms: Arc<AtomicI64>,
+    /// The supervised background tasks, and whether each is running.
+    pub tasks: Tasks,
 }
 
 /// The settings the HTTP layer needs, resolved at start (secrets generated where unset).

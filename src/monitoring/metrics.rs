@@ -33,9 +33,10 @@ pub const DB_QUERY_DURATION: &str = "hotline_db_query_duration_seconds";
 pub const ALERT_FIRING: &str = "hotline_alert_firing";
 pub const WEBHOOK_ANSWERS: &str = "hotline_webhook_answers_total";
 pub const POST_CALL_EVENTS: &str = "hotline_post_call_events_total";
+pub const BACKGROUND_RESTARTS: &str = "hotline_background_restarts_total";
 
 /// Every family this module exports.
-pub const FAMILIES: [&str; 10] = [
+pub const FAMILIES: [&str; 11] = [
     CACHE_REQUESTS,
     CACHE_LOAD_DURATION,
     CACHE_INVALIDATIONS,
@@ -46,10 +47,20 @@ pub const FAMILIES: [&str; 10] = [
     ALERT_FIRING,
     WEBHOOK_ANSWERS,
     POST_CALL_EVENTS,
+    BACKGROUND_RESTARTS,
 ];
 
 /// The `source` label of the invalidation counter.
-pub const INVALIDATION_SOURCES: [&str; 4] = ["write", "pubsub", "notify", "manual"];
+pub const INVALIDATION_SOURCES: [&str; 5] = ["write", "pubsub", "notify", "manual", "continuity"];
+/// The `task` label of the background restart counter: every supervised task.
+pub const BACKGROUND_TASKS: [&str; 6] = [
+    "redis_probe",
+    "redis_subscriber",
+    "generation_sweep",
+    "database_listener",
+    "database_probe",
+    "spool_drainer",
+];
 /// The `source` label of the webhook answer counter (as in `X-Hotline-Source`).
 pub const ANSWER_SOURCES: [&str; 5] = ["l1", "l2", "db", "stale", "default"];
 /// The `outcome` label of the post-call event counter: what the event was acknowledged as.
@@ -70,7 +81,7 @@ pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 struct Handles {
     cache_requests: [[Counter; 4]; KINDS.len()],
     cache_load: [Histogram; KINDS.len()],
-    invalidations: [Counter; 4],
+    invalidations: [Counter; 5],
     answers: [Counter; 5],
     post_call: [Counter; 5],
     alert_firing: [Gauge; 5],
@@ -122,7 +133,12 @@ fn describe() {
     describe_counter!(
         CACHE_INVALIDATIONS,
         Unit::Count,
-        "Cache invalidations by source: write (through this instance), pubsub (from another instance), notify (Postgres NOTIFY), manual (admin endpoint)."
+        "Cache invalidations by source: write (through this instance), pubsub (from another instance), notify (Postgres NOTIFY), manual (admin endpoint), continuity (everything, because Redis was not the server the cache was verified against, or database changes may have gone unheard)."
+    );
+    describe_counter!(
+        BACKGROUND_RESTARTS,
+        Unit::Count,
+        "Background tasks restarted after they panicked or stopped, by task."
     );
     describe_histogram!(
         HTTP_REQUEST_DURATION,
@@ -182,6 +198,9 @@ fn register() -> Handles {
     for g in &alert_firing {
         g.set(0.0);
     }
+    for task in BACKGROUND_TASKS {
+        counter!(BACKGROUND_RESTARTS, "task" => task).increment(0);
+    }
     let redis_up = gauge!(REDIS_UP);
     redis_up.set(0.0);
     let _ = histogram!(HTTP_REQUEST_DURATION, "route" => "/healthz", "method" => "GET", "status" => "200");
@@ -224,7 +243,7 @@ pub fn cache_load(kind: &str, d: Duration) {
     }
 }
 
-/// An invalidation: `source` one of `write`, `pubsub`, `notify`, `manual`.
+/// An invalidation: `source` one of [`INVALIDATION_SOURCES`].
 pub fn invalidation(source: &str) {
     if let (Some(h), Some(s)) = (handles(), index(&INVALIDATION_SOURCES, source)) {
         h.invalidations[s].increment(1);
@@ -314,6 +333,13 @@ pub fn alert_firing(name: &str, firing: bool) {
 pub fn webhook_answer(source: &str) {
     if let (Some(h), Some(s)) = (handles(), index(&ANSWER_SOURCES, source)) {
         h.answers[s].increment(1);
+    }
+}
+
+/// A background task's failure (`n` = 1), or its registration at zero (`n` = 0).
+pub fn background_restart(task: &'static str, n: u64) {
+    if handles().is_some() {
+        counter!(BACKGROUND_RESTARTS, "task" => task).increment(n);
     }
 }
 

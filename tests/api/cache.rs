@@ -52,7 +52,8 @@ pub async fn wait_live(app: &TestApp) {
     let live = eventually(Duration::from_secs(10), || async {
         let l = app.cache.liveness();
         redis.is_none_or(|r| r.breaker.is_closed() && l.pubsub.load(Ordering::Acquire))
-            && (!postgres || l.listen.load(Ordering::Acquire))
+            && (!postgres
+                || (l.listen.load(Ordering::Acquire) && l.listen_settled.load(Ordering::Acquire)))
     })
     .await;
     assert!(
@@ -133,12 +134,13 @@ fn lead_hash(prefix: &str, lead: &str) -> String {
     format!("{prefix}:v1:lead:{lead}")
 }
 
-fn leadphone_key(prefix: &str, org: &str, phone: &str) -> String {
-    format!("{prefix}:v1:leadphone:{org}:{phone}")
+/// A lookup by phone: `tag` is the number's tag (`TestApp::phone_tag`), never the number.
+fn leadphone_key(prefix: &str, org: &str, tag: &str) -> String {
+    format!("{prefix}:v1:leadphone:{org}:{tag}")
 }
 
-fn orgphone_key(prefix: &str, phone: &str) -> String {
-    format!("{prefix}:v1:orgphone:{phone}")
+fn orgphone_key(prefix: &str, tag: &str) -> String {
+    format!("{prefix}:v1:orgphone:{tag}")
 }
 
 /// A migrated Postgres database holding, written before any instance runs (so nothing is
@@ -589,7 +591,10 @@ async fn a_negative_fill_that_raced_a_lead_creation_never_hides_the_new_lead() {
     let (vars, _) = call(&a, "Anonymous").await;
     assert_eq!(vars["organization_name"], "Acme Dental");
 
-    let gate = hold_first_fill(&a, CacheKey::LeadByPhone(uuid(&org_id), phone(STRANGER)));
+    let gate = hold_first_fill(
+        &a,
+        CacheKey::LeadByPhone(uuid(&org_id), a.cache.phone_tag(&phone(STRANGER))),
+    );
     // A reader on A finds no lead for the caller and is held before it stores that; meanwhile
     // the lead is created through the other instance; then the negative fill goes on.
     let find = format!("/api/leads?organization_id={org_id}&phone=%2B16127654321");
@@ -690,8 +695,12 @@ async fn concurrent_misses_on_one_key_cost_one_load_per_instance() {
     // Once the fills have landed in Redis, a third instance answers from the tiers alone.
     let url = redis_url();
     let landed = eventually(Duration::from_secs(5), || async {
-        redis_exists(&url, &orgphone_key(&prefix, ORG_PHONE)).await
-            && redis_exists(&url, &leadphone_key(&prefix, &org.to_string(), CALLER)).await
+        redis_exists(&url, &orgphone_key(&prefix, &a.phone_tag(ORG_PHONE))).await
+            && redis_exists(
+                &url,
+                &leadphone_key(&prefix, &org.to_string(), &a.phone_tag(CALLER)),
+            )
+            .await
             && redis_hget(&url, &lead_hash(&prefix, &lead.to_string()), "context")
                 .await
                 .is_some()
@@ -1033,7 +1042,7 @@ async fn deleting_a_lead_removes_its_data_from_redis_at_once() {
     }
     let url = redis_url();
     let hash = lead_hash(&prefix, id);
-    let by_phone = leadphone_key(&prefix, known.org_id(), CALLER);
+    let by_phone = leadphone_key(&prefix, known.org_id(), &app.phone_tag(CALLER));
     let cached = eventually(Duration::from_secs(5), || async {
         let mut all = redis_exists(&url, &by_phone).await;
         for field in ["lead", "context", "summary", "greeting:voice"] {
@@ -1364,7 +1373,11 @@ async fn a_lost_invalidation_costs_at_most_the_tier_one_maximum_age() {
     let mut redis = crate::support::infra::redis_conn(&redis_url()).await;
     for gen_key in [
         format!("{prefix}:v1:gen:lead:{}", known.lead_id()),
-        format!("{prefix}:v1:gen:leadphone:{}:{CALLER}", known.org_id()),
+        format!(
+            "{prefix}:v1:gen:leadphone:{}:{}",
+            known.org_id(),
+            app.phone_tag(CALLER)
+        ),
     ] {
         let _: () = redis::cmd("SET")
             .arg(&gen_key)

@@ -135,6 +135,14 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// The tag that names a phone number (written as the tests write it) in this app's Redis
+    /// keys and messages.
+    pub fn phone_tag(&self, phone: &str) -> String {
+        let phone = hotline::domain::Phone::parse(phone, hotline::domain::Region::default())
+            .expect("a phone number");
+        self.cache.phone_tag(&phone).to_hex()
+    }
+
     /// Stops the server and waits until it has let go of its listener.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
