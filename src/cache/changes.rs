@@ -28,6 +28,9 @@ pub enum Change {
     },
     /// A lead's conversations changed (what its context, summary, greeting and history show).
     Conversations { lead: Uuid },
+    /// Some of a lead's conversations were deleted: the lead may be gone with them (a cascade),
+    /// so its generation is changed only where Redis still has it.
+    ConversationsDeleted { lead: Uuid },
     /// Every entry of these kinds.
     Kinds(Vec<Kind>),
     /// Every entry (continuity with Redis or the database is in doubt).
@@ -41,6 +44,8 @@ pub enum Change {
 pub struct Plan {
     /// Generations that get a new value.
     pub bump: Vec<GenKey>,
+    /// Generations that get a new value only where Redis has them (never brought back).
+    pub bump_present: Vec<GenKey>,
     /// Generations removed from Redis altogether (what named a deleted row). A removed
     /// generation invalidates like a bumped one: an entry stamped with it never matches again.
     pub remove: Vec<GenKey>,
@@ -52,29 +57,39 @@ pub struct Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.bump.is_empty() && self.remove.is_empty() && self.forget.is_empty()
+        self.bump.is_empty()
+            && self.bump_present.is_empty()
+            && self.remove.is_empty()
+            && self.forget.is_empty()
     }
 
     /// Every generation the plan changes.
     pub fn generations(&self) -> impl Iterator<Item = &GenKey> {
-        self.bump.iter().chain(&self.remove)
+        self.bump
+            .iter()
+            .chain(&self.bump_present)
+            .chain(&self.remove)
     }
 
     fn merge(&mut self, other: Plan) {
         self.bump.extend(other.bump);
+        self.bump_present.extend(other.bump_present);
         self.remove.extend(other.remove);
         self.forget.extend(other.forget);
         self.purge_leads |= other.purge_leads;
     }
 
     fn dedup(mut self) -> Plan {
-        for v in [&mut self.bump, &mut self.remove] {
+        for v in [&mut self.bump, &mut self.bump_present, &mut self.remove] {
             v.sort_by_key(GenKey::redis_name);
             v.dedup();
         }
-        // A generation both bumped and removed is removed.
+        // A generation both bumped and removed is removed; one bumped both ways is bumped.
         let removed = self.remove.clone();
         self.bump.retain(|g| !removed.contains(g));
+        let bumped = self.bump.clone();
+        self.bump_present
+            .retain(|g| !removed.contains(g) && !bumped.contains(g));
         let mut seen = std::collections::HashSet::new();
         self.forget.retain(|k| seen.insert(k.clone()));
         self
@@ -196,6 +211,11 @@ impl Change {
                 forget: lead_derived_keys(*lead),
                 ..Plan::default()
             },
+            Change::ConversationsDeleted { lead } => Plan {
+                bump_present: vec![GenKey::Lead(*lead)],
+                forget: lead_derived_keys(*lead),
+                ..Plan::default()
+            },
             Change::Kinds(kinds) => Plan {
                 bump: kinds.iter().map(|k| GenKey::Kind(*k)).collect(),
                 ..Plan::default()
@@ -309,7 +329,7 @@ impl Notification {
                 .collect(),
             Notification::ConversationLeads { leads } => leads
                 .into_iter()
-                .map(|lead| Change::Conversations { lead })
+                .map(|lead| Change::ConversationsDeleted { lead })
                 .collect(),
             Notification::Bulk { table } => {
                 let kinds: &[Kind] = match table.as_str() {

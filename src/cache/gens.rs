@@ -314,8 +314,20 @@ impl Generations {
     /// to every other instance. Without Redis reachable, the change is kept and replayed when
     /// it returns. A removed generation gets a throwaway value here, so that nothing mirrored
     /// validates what was read before.
-    pub async fn bump(&self, bump: &[GenKey], remove: &[GenKey], delete: &[String]) {
-        let gens: Vec<(GenKey, u64)> = bump.iter().map(|k| (k.clone(), new_value())).collect();
+    /// Generations in `bump_present` are changed only where Redis has them (see
+    /// [`Remote::bump`]).
+    pub async fn bump(
+        &self,
+        bump: &[GenKey],
+        bump_present: &[GenKey],
+        remove: &[GenKey],
+        delete: &[String],
+    ) {
+        let gens: Vec<(GenKey, u64)> = bump
+            .iter()
+            .chain(bump_present)
+            .map(|k| (k.clone(), new_value()))
+            .collect();
         let usable = self.usable_remote().cloned();
         {
             let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
@@ -342,7 +354,10 @@ impl Generations {
         let sent = match usable {
             Some(remote) => {
                 let text = self.message(gens.clone(), remove.to_vec(), false);
-                let ok = remote.bump(&gens, remove, delete, &text).await.is_ok();
+                let ok = remote
+                    .bump(&gens, bump_present.len(), remove, delete, &text)
+                    .await
+                    .is_ok();
                 if !ok {
                     let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
                     let mine = gens
@@ -361,10 +376,11 @@ impl Generations {
         };
         if !sent {
             tracing::debug!("invalidation kept until Redis answers");
+            let all: Vec<GenKey> = bump.iter().chain(bump_present).cloned().collect();
             self.pending
                 .lock()
                 .expect("not poisoned")
-                .add(bump, remove, delete);
+                .add(&all, remove, delete);
         }
     }
 
@@ -581,7 +597,11 @@ impl Generations {
                     awaiting.insert(k.clone(), REMOVED);
                 }
             }
-            if remote.bump(&bump, &remove, &delete, &text).await.is_err() {
+            if remote
+                .bump(&bump, 0, &remove, &delete, &text)
+                .await
+                .is_err()
+            {
                 let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
                 for k in bump.iter().map(|(k, _)| k).chain(&remove) {
                     awaiting.remove(k);
@@ -613,7 +633,7 @@ mod tests {
         let k = GenKey::Lead(Uuid::new_v4());
         let a = g.current(std::slice::from_ref(&k), false).await[0];
         assert_eq!(g.current(std::slice::from_ref(&k), false).await[0], a);
-        g.bump(std::slice::from_ref(&k), &[], &[]).await;
+        g.bump(std::slice::from_ref(&k), &[], &[], &[]).await;
         let b = g.current(std::slice::from_ref(&k), false).await[0];
         assert_ne!(a, b);
         assert!(g.all_current_locally(&[(k.clone(), b)]));

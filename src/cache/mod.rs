@@ -126,6 +126,10 @@ pub struct Liveness {
     /// The database listener has settled that every change made before it connected was
     /// heard by some instance, or has invalidated everything (see `tasks::Coverage`).
     pub listen_settled: AtomicBool,
+    /// Whether tier 2 may be read: false while a database listener is connected but has not
+    /// settled (Redis may hold what changes nobody heard made old); true otherwise, and while
+    /// the database cannot be listened to at all (what Redis holds is then the best there is).
+    pub l2_gate: AtomicBool,
     /// Whether a Redis pub/sub subscription is expected (tier 2 is configured).
     pub expects_pubsub: bool,
     /// Whether a Postgres LISTEN connection is expected (the store is Postgres).
@@ -143,6 +147,11 @@ impl Liveness {
         self.standalone()
             || self.pubsub.load(Ordering::Acquire)
             || self.listen.load(Ordering::Acquire)
+    }
+
+    /// Whether tier 2 may be read (see `l2_gate`).
+    pub fn l2_trusted(&self) -> bool {
+        !self.expects_listen || self.l2_gate.load(Ordering::Acquire)
     }
 
     /// Whether every expected channel is connected (and the listener has settled what it may
@@ -434,7 +443,11 @@ impl Cache {
             }
         }
 
-        if let Some(remote) = self.remote.as_ref().filter(|r| r.breaker.is_closed()) {
+        let remote = self
+            .remote
+            .as_ref()
+            .filter(|r| r.breaker.is_closed() && self.liveness.l2_trusted());
+        if let Some(remote) = remote {
             if let Some((entry, encoded_len)) = self.read_remote(remote, &key).await {
                 let entry = Arc::new(entry);
                 if entry.is_fresh(now) {
@@ -720,7 +733,9 @@ impl Cache {
         let mut delete: Vec<String> = plan.forget.iter().map(|k| k.redis_location().0).collect();
         delete.sort();
         delete.dedup();
-        self.gens.bump(&plan.bump, &plan.remove, &delete).await;
+        self.gens
+            .bump(&plan.bump, &plan.bump_present, &plan.remove, &delete)
+            .await;
         if plan.purge_leads {
             self.purge_leads().await;
         }

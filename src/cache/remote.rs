@@ -339,9 +339,14 @@ impl Remote {
     /// Sets new generations, removes the generations of `removed` and the keys of `delete`
     /// (Redis key names), and publishes `message` on the invalidation channel, in one atomic
     /// step, so that every instance sees the changes in the order Redis applied them.
+    /// The last `if_present` of `gens` are set only where Redis has them (`XX`): a change
+    /// that names a row which may be gone (a deleted lead's conversations) must not bring its
+    /// generation back. Nothing can be stored under a generation Redis does not have (a fill
+    /// compares with what Redis holds), and the message carries the new value to every mirror.
     pub async fn bump(
         &self,
         gens: &[(GenKey, u64)],
+        if_present: usize,
         removed: &[GenKey],
         delete: &[String],
         message: &str,
@@ -360,7 +365,8 @@ impl Remote {
             .arg(gens.len())
             .arg(GEN_TTL_S)
             .arg(&self.channel)
-            .arg(message);
+            .arg(message)
+            .arg(gens.len() - if_present.min(gens.len()));
         for (_, v) in gens {
             invocation.arg(v.to_string());
         }
@@ -553,11 +559,17 @@ return 1
 ";
 
 /// KEYS: n generation keys, then generation keys and other keys to delete. ARGV: n, TTL
-/// seconds, channel, message, then the n new generation values.
+/// seconds, channel, message, how many of the n are always set (the rest only where they
+/// exist), then the n new generation values.
 const BUMP_LUA: &str = r"
 local n = tonumber(ARGV[1])
+local always = tonumber(ARGV[5])
 for i = 1, n do
-  redis.call('SET', KEYS[i], ARGV[4 + i], 'EX', ARGV[2])
+  if i <= always then
+    redis.call('SET', KEYS[i], ARGV[5 + i], 'EX', ARGV[2])
+  else
+    redis.call('SET', KEYS[i], ARGV[5 + i], 'XX', 'EX', ARGV[2])
+  end
 end
 for i = n + 1, #KEYS do
   redis.call('DEL', KEYS[i])

@@ -242,97 +242,68 @@ enum PingTag {
     Ping,
 }
 
-/// Whether the database changes made before this listener connected were heard by some
-/// instance (see [`Coverage::step`]).
-struct Coverage {
-    /// The change counter when this listener was first heard through: changes after it reach
-    /// this listener.
-    from: Option<i64>,
-    /// Whether everything before `from` is known to have been heard (or was invalidated).
-    settled: bool,
-    /// The counter of this listener's previous heartbeat: what it may claim as covered now.
-    previous: Option<i64>,
-    waiting_since: Option<Instant>,
-}
+/// How often a listener that has not yet settled its coverage looks again.
+const SETTLE_EVERY: Duration = Duration::from_millis(250);
 
-impl Coverage {
-    fn new() -> Coverage {
-        Coverage {
-            from: None,
-            settled: false,
-            previous: None,
-            waiting_since: None,
+/// Settles whether the database changes made before this listener connected were heard by
+/// some instance: `from` is the change counter of the listener's first heartbeat (changes
+/// after it reach this listener). Another listener that claimed `from` or more heard them; if
+/// none did, and no other listener is alive to claim them (none claimed anything within three
+/// heartbeats), or none does within four, everything is invalidated. Only then does tier 2
+/// count again (see `Liveness::l2_trusted`): until then reads go to the database. Without
+/// Redis there is nothing shared to repair: tier 1 was flushed when the listener connected.
+async fn settle(cache: Arc<Cache>, mut from: watch::Receiver<Option<i64>>, heartbeat: Duration) {
+    let Ok(from) = from
+        .wait_for(Option::is_some)
+        .await
+        .map(|f| f.unwrap_or_default())
+    else {
+        return;
+    };
+    if let Some(remote) = cache.remote() {
+        let mut waiting_since: Option<Instant> = None;
+        loop {
+            if remote.breaker.is_closed() {
+                if let Ok((covered, age_ms)) = remote.coverage().await {
+                    let waited = waiting_since.get_or_insert_with(Instant::now).elapsed();
+                    let someone_listens =
+                        age_ms.is_some_and(|ms| ms < (heartbeat * 3).as_millis() as i64);
+                    if covered >= from {
+                        break;
+                    }
+                    if !someone_listens || waited > heartbeat * 4 {
+                        tracing::warn!(
+                            "database changes may have been made while no instance listened; invalidating everything"
+                        );
+                        cache
+                            .invalidate(&[Change::Everything], InvalidationSource::Continuity)
+                            .await;
+                        if !cache.generations().owes_redis()
+                            && remote.claim_coverage(from).await.is_ok()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(SETTLE_EVERY).await;
         }
     }
-
-    /// One heartbeat of this listener came back with the change counter `seq`. Every change
-    /// committed before the heartbeat was sent has been heard (notifications arrive in commit
-    /// order), and later ones will be as long as the connection lives.
-    ///
-    /// Until it is settled that the changes before this listener connected were heard by some
-    /// instance (another listener claimed them, within `wait`), or, when no other listener is
-    /// alive to claim them, everything is invalidated. Once settled, and with nothing owed to
-    /// Redis, it claims the counter of its previous heartbeat (one heartbeat of slack for
-    /// transactions that were still open).
-    async fn step(&mut self, cache: &Cache, seq: i64, heartbeat: Duration) {
-        let from = *self.from.get_or_insert(seq);
-        let Some(remote) = cache.remote() else {
-            // Nothing shared to repair: this instance's tier 1 was flushed when it connected.
-            self.settled = true;
-            cache
-                .liveness()
-                .listen_settled
-                .store(true, Ordering::Release);
-            return;
-        };
-        if !remote.breaker.is_closed() {
-            return;
-        }
-        let mut claim = self.previous.filter(|p| *p >= from);
-        if !self.settled {
-            let Ok((covered, age_ms)) = remote.coverage().await else {
-                return;
-            };
-            let waited = self
-                .waiting_since
-                .get_or_insert_with(Instant::now)
-                .elapsed();
-            let someone_listens = age_ms.is_some_and(|ms| ms < (heartbeat * 3).as_millis() as i64);
-            if covered >= from {
-                self.settled = true;
-            } else if !someone_listens || waited > heartbeat * 4 {
-                tracing::warn!(
-                    "database changes may have been made while no instance listened; invalidating everything"
-                );
-                cache
-                    .invalidate(&[Change::Everything], InvalidationSource::Continuity)
-                    .await;
-                self.settled = !cache.generations().owes_redis();
-            }
-            if self.settled {
-                // Everything up to `from` was heard by someone or is invalid now; what came
-                // after reaches this listener.
-                claim = Some(from);
-                cache
-                    .liveness()
-                    .listen_settled
-                    .store(true, Ordering::Release);
-            }
-        }
-        if self.settled && !cache.generations().owes_redis() {
-            if let Some(claim) = claim {
-                let _ = remote.claim_coverage(claim).await;
-            }
-        }
-        self.previous = Some(seq);
-    }
+    cache
+        .liveness()
+        .listen_settled
+        .store(true, Ordering::Release);
+    cache.liveness().l2_gate.store(true, Ordering::Release);
 }
 
 /// Turns Postgres notifications into invalidations; flushes tier 1 on every (re)connect,
 /// because notifications sent while disconnected are lost. Every `heartbeat` it sends itself a
 /// notification through the database (over a connection of its own, so that a dead database
-/// is noticed too); hearing nothing for three heartbeats means the connection died without
-/// closing (a half-open TCP connection), and it reconnects.
+/// is noticed too), carrying the database's change counter; hearing nothing for three
+/// heartbeats means the connection died without closing (a half-open TCP connection), and it
+/// reconnects. Once settled (see [`settle`]) and owing Redis nothing, each heartbeat claims
+/// the counter of the one before as heard (one heartbeat of slack for transactions that were
+/// still open when it was read).
 async fn listen(
     cache: Arc<Cache>,
     url: String,
@@ -349,6 +320,7 @@ async fn listen(
         Ok(pool) => pool,
         Err(e) => {
             tracing::error!(error = %e, "DATABASE_LISTEN_URL is not usable");
+            cache.liveness().l2_gate.store(true, Ordering::Release);
             std::future::pending::<()>().await;
             return;
         }
@@ -364,22 +336,29 @@ async fn listen(
         .await;
         if let Ok(Ok(mut listener)) = connected {
             backoff = RECONNECT_MIN;
+            // Until settled, what Redis holds may predate changes nobody heard.
+            cache.liveness().l2_gate.store(false, Ordering::Release);
             let live = Live::set(&cache.liveness().listen);
-            let _settled = Live(&cache.liveness().listen_settled);
+            let settled = Live(&cache.liveness().listen_settled);
             cache.flush_local();
             tracing::info!("listening for database changes");
-            let mut coverage = Coverage::new();
+            let (from_tx, from_rx) = watch::channel(None);
+            let settling = tokio::spawn(settle(cache.clone(), from_rx, heartbeat));
             let pings = tokio::spawn(send_pings(pinger.clone(), me.clone(), heartbeat));
+            let mut previous: Option<i64> = None;
             loop {
                 tokio::select! {
                     heard = tokio::time::timeout(silence, listener.try_recv()) => match heard {
                         Ok(Ok(Some(notification))) => {
                             match serde_json::from_str::<Heard>(notification.payload()) {
-                                Ok(Heard::Ping(ping)) => {
-                                    if ping.from == me {
-                                        coverage.step(&cache, ping.seq, heartbeat).await;
-                                    }
+                                Ok(Heard::Ping(ping)) if ping.from == me => {
+                                    from_tx.send_if_modified(|from| {
+                                        from.is_none() && from.replace(ping.seq).is_none()
+                                    });
+                                    claim(&cache, previous).await;
+                                    previous = Some(ping.seq);
                                 }
+                                Ok(Heard::Ping(_)) => {}
                                 Ok(Heard::Change(change)) => {
                                     cache
                                         .invalidate(&change.changes(region), InvalidationSource::Notify)
@@ -399,11 +378,14 @@ async fn listen(
                     },
                     _ = shutdown.changed() => {
                         pings.abort();
+                        settling.abort();
                         return;
                     }
                 }
             }
             pings.abort();
+            settling.abort();
+            drop(settled);
             // Not flushed here: while the database is unreachable, tier 1 holds the last known
             // values that are served stale (without Redis, nothing else does). Until the
             // listener is back, tier-1 entries are trusted only briefly (see `Liveness`), and
@@ -411,10 +393,26 @@ async fn listen(
             drop(live);
             tracing::warn!("database change listener lost; reconnecting (tier 1 is flushed then)");
         }
+        // The database cannot be listened to: what Redis holds is the best there is (the
+        // database is likely down too), so tier 2 serves.
+        cache.liveness().l2_gate.store(true, Ordering::Release);
         if stopping(&mut shutdown, backoff).await {
             return;
         }
         backoff = next_backoff(backoff);
+    }
+}
+
+/// Claims `seq` as heard, once the listener has settled and owes Redis nothing.
+async fn claim(cache: &Cache, seq: Option<i64>) {
+    let (Some(seq), Some(remote)) = (seq, cache.remote()) else {
+        return;
+    };
+    if cache.liveness().listen_settled.load(Ordering::Acquire)
+        && remote.breaker.is_closed()
+        && !cache.generations().owes_redis()
+    {
+        let _ = remote.claim_coverage(seq).await;
     }
 }
 

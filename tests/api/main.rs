@@ -3,6 +3,7 @@
 mod support;
 
 mod cache;
+mod continuity;
 mod embedded;
 mod faults;
 mod hostile;

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
@@ -88,22 +87,35 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A `redis-server` of the test's own, on a free port, keeping nothing on disk.
+/// A `redis-server` of the test's own, on a free port. It saves nothing by itself, but a
+/// `SAVE` writes its data to its own directory, and a restart loads it from there again (as a
+/// managed Redis with persistence does).
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(&[]).await
+    }
+
+    /// Started with more `redis-server` arguments (e.g. `--replicaof 127.0.0.1 PORT`).
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
             child: None,
             dir: tempfile::tempdir().expect("redis dir"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         server.restart().await;
         server
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.port).parse().expect("addr")
     }
 
     pub fn url(&self) -> String {
@@ -125,6 +137,7 @@ impl RedisServer {
                 "--dir",
             ])
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -154,12 +167,40 @@ impl Drop for RedisServer {
 }
 
 /// A TCP proxy that can cut every connection through it and refuse new ones, then let them
-/// through again: a database or cache that "goes down" without touching the real server.
+/// through again: a database or cache that "goes down" without touching the real server. It
+/// can also stall the connections open through it (they stay open and forward nothing, as a
+/// half-open connection does), and send new connections elsewhere (a failover).
 pub struct TcpProxy {
     pub addr: SocketAddr,
     open: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    target: Arc<Mutex<SocketAddr>>,
+    conns: Conns,
     accept: tokio::task::JoinHandle<()>,
+}
+
+/// The connections through a proxy: each one's forwarding task and its stall switch.
+type Conns = Arc<Mutex<Vec<(tokio::task::AbortHandle, Arc<AtomicBool>)>>>;
+
+/// Forwards bytes one way until either side closes; while `stalled`, holds them.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl TcpProxy {
@@ -167,28 +208,35 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let open = Arc::new(AtomicBool::new(true));
-        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (o, c) = (open.clone(), conns.clone());
+        let target = Arc::new(Mutex::new(target));
+        let conns: Conns = Arc::default();
+        let (o, c, t) = (open.clone(), conns.clone(), target.clone());
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 if !o.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
+                let to = *t.lock().expect("lock");
+                let stalled = Arc::new(AtomicBool::new(false));
+                let flag = stalled.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(to).await {
+                        let (ir, iw) = inbound.into_split();
+                        let (or, ow) = outbound.into_split();
+                        tokio::join!(pump(ir, ow, flag.clone()), pump(or, iw, flag));
                     }
                 });
-                c.lock().expect("lock").push(task.abort_handle());
+                c.lock().expect("lock").push((task.abort_handle(), stalled));
             }
         });
         TcpProxy {
             addr,
             open,
+            target,
             conns,
             accept,
         }
@@ -197,13 +245,25 @@ impl TcpProxy {
     /// Closes every open connection and refuses new ones.
     pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
-        for conn in self.conns.lock().expect("lock").drain(..) {
+        for (conn, _) in self.conns.lock().expect("lock").drain(..) {
             conn.abort();
         }
     }
 
     pub fn restore(&self) {
         self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// The connections open now stop forwarding, without closing; new ones work.
+    pub fn stall(&self) {
+        for (_, stalled) in self.conns.lock().expect("lock").iter() {
+            stalled.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// New connections go to `target` from now on.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().expect("lock") = target;
     }
 }
 
