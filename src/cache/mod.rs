@@ -355,6 +355,19 @@ impl Cache {
             if let Some(local) = &self.local {
                 local.clear();
             }
+            if found.renewed {
+                // A restored snapshot may hold the data of leads deleted since it was taken:
+                // every entry is invalid now anyway, so every lead's cached data goes.
+                if let Some(remote) = self.remote.clone() {
+                    tokio::spawn(async move {
+                        for pattern in LEAD_PATTERNS {
+                            if let Err(e) = remote.purge(pattern).await {
+                                tracing::warn!(error = %e, "could not purge restored lead data from Redis");
+                            }
+                        }
+                    });
+                }
+            }
         } else if tags_changed {
             // The first handshake of this process (or a key lost from Redis): changes planned
             // with this process's own tags cannot be replayed under their names.
