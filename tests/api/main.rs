@@ -8,6 +8,7 @@ mod faults;
 mod hostile;
 mod logging;
 mod monitoring;
+mod outage;
 mod seed;
 mod store;
 mod store_api;
