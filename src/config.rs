@@ -183,6 +183,12 @@ fn parse_seconds(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("`{s}` is not a whole number of seconds (0 or more)"))
 }
 
+fn parse_whole(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("`{s}` is not a whole number (0 or more)"))
+}
+
 fn parse_positive(s: &str) -> Result<u64, String> {
     match s.trim().parse::<u64>() {
         Ok(n) if n > 0 => Ok(n),
@@ -343,6 +349,10 @@ pub struct ServeArgs {
     /// Where a post-call event is kept while the database is down.
     #[arg(long, env = "SPOOL_DIR", default_value = "hotline-spool")]
     pub spool_dir: std::path::PathBuf,
+    /// The spool's size in MiB: when full, a post-call event that cannot be recorded is
+    /// refused with 503 instead of acknowledged. `0` keeps nothing.
+    #[arg(long, env = "SPOOL_MAX_MB", default_value = "1024", value_parser = parse_whole)]
+    pub spool_max_mb: u64,
 
     /// Seed a small demo data set when the database is empty, and print a curl to try.
     #[arg(long)]
@@ -397,6 +407,10 @@ pub struct AlertArgs {
 impl ServeArgs {
     pub fn webhook_deadline(&self) -> Duration {
         Duration::from_millis(self.webhook_deadline_ms)
+    }
+
+    pub fn spool_max_bytes(&self) -> u64 {
+        self.spool_max_mb.saturating_mul(1024 * 1024)
     }
 }
 

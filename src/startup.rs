@@ -138,7 +138,7 @@ impl Application {
                 remote.close_breaker();
             }
         }
-        let spool = Spool::open(&args.spool_dir)
+        let spool = Spool::open(&args.spool_dir, args.spool_max_bytes())
             .with_context(|| format!("opening SPOOL_DIR {}", args.spool_dir.display()))?;
         let state = AppState {
             lookup: Arc::new(Lookup::new(store.clone(), cache)),
