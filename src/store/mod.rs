@@ -1,6 +1,7 @@
 //! Persistence: the [`Store`] trait and its two backends, Postgres (and Supabase) and embedded
 //! SQLite. The store knows nothing of the cache or of HTTP.
 
+mod gated;
 mod instrumented;
 mod postgres;
 mod sqlite;
@@ -16,6 +17,7 @@ use crate::domain::{
     NewLead, NewOrganization, Organization, OrganizationPatch, Phone,
 };
 
+pub use gated::GatedStore;
 pub use instrumented::InstrumentedStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

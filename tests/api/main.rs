@@ -10,6 +10,7 @@ mod logging;
 mod monitoring;
 mod outage;
 mod seed;
+mod startup;
 mod store;
 mod store_api;
 mod validate;
