@@ -72,6 +72,9 @@ async fn validate_command(args: crate::config::ValidateArgs) -> anyhow::Result<(
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Err(e) = args.check_secrets() {
+        e.exit();
+    }
     telemetry::init(args.log.log_format);
     let (app, generated) = Application::build(&args).await?;
     print_generated(&generated);

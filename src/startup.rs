@@ -80,7 +80,7 @@ fn build_cache(args: &ServeArgs, monitor: &Monitor) -> anyhow::Result<Cache> {
     ))
 }
 
-/// Secrets that were generated because they were not configured, to print once.
+/// Secrets generated for a `serve --demo` run because they were not configured, to print once.
 #[derive(Debug, Default)]
 pub struct GeneratedSecrets {
     pub admin_token: Option<Secret>,
@@ -134,6 +134,8 @@ impl Application {
         // libphonenumber loads its metadata on first use (a noticeable pause): pay it here,
         // not on the first call's deadline.
         let _ = crate::domain::Phone::parse("+16129782029", args.default_region);
+        args.check_secrets()?;
+        // Only `serve --demo` gets here without them.
         let mut generated = GeneratedSecrets::default();
         let admin_token = args.admin_token.clone().unwrap_or_else(|| {
             let s = Secret::generate();

@@ -1,6 +1,7 @@
 //! `hotline serve` and `hotline migrate` as an operator runs them: the binary, configured by its
 //! environment. An instance starts while its database is down, serves what it can, and
-//! migrates and recovers when the database returns, without a restart.
+//! migrates and recovers when the database returns, without a restart; it refuses to start
+//! without the secrets every instance must share, unless it is a demo.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -296,6 +297,76 @@ async fn an_instance_restarted_during_an_outage_answers_from_what_redis_holds() 
         .await
         .unwrap();
     assert_eq!(r.status(), 503);
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_the_shared_secrets() {
+    for (unset, kept) in [
+        ("ADMIN_TOKEN", ("WEBHOOK_SECRET", WEBHOOK_SECRET)),
+        ("WEBHOOK_SECRET", ("ADMIN_TOKEN", ADMIN_TOKEN)),
+    ] {
+        let hotline = Hotline::spawn(
+            &["serve"],
+            &[
+                ("DATABASE_URL", "sqlite://hotline.db"),
+                ("LISTEN_ADDR", "127.0.0.1:0"),
+                kept,
+            ],
+        );
+        let (code, stderr) = hotline.exited().await;
+        assert_eq!(code, Some(2), "{stderr:?}");
+        assert_eq!(stderr.len(), 1, "one line: {stderr:?}");
+        assert!(
+            stderr[0].starts_with(&format!("hotline: invalid configuration: {unset} ")),
+            "{stderr:?}"
+        );
+        assert!(
+            stderr[0].contains("--demo"),
+            "says how to try it out: {stderr:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn serve_demo_generates_the_secrets_it_is_not_given() {
+    let hotline = Hotline::spawn(
+        &["serve", "--demo"],
+        &[
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+            ("LOG_FORMAT", "json"),
+            ("WARM_LEADS", "0"),
+        ],
+    );
+    let base = hotline.serving_base().await;
+    let generated = |name: &str| {
+        let prefix = format!("{name} is not set; generated for this run: ");
+        hotline
+            .stderr()
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix).map(String::from))
+            .unwrap_or_else(|| panic!("{name} printed: {:?}", hotline.stderr()))
+    };
+    let (admin_token, webhook_secret) = (generated("ADMIN_TOKEN"), generated("WEBHOOK_SECRET"));
+    assert_ne!(admin_token, webhook_secret);
+    let client = reqwest::Client::new();
+    let webhook = |secret: &str| {
+        client
+            .post(format!(
+                "{base}/webhooks/elevenlabs/conversation-initiation"
+            ))
+            .bearer_auth(secret)
+            .json(&initiation_body(CALLER, ORG_PHONE))
+            .send()
+    };
+    assert_eq!(webhook(&webhook_secret).await.unwrap().status(), 200);
+    assert_eq!(webhook(WEBHOOK_SECRET).await.unwrap().status(), 401);
+    let r = client
+        .get(format!("{base}/api/organizations/{}", uuid::Uuid::new_v4()))
+        .bearer_auth(&admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the generated admin token is accepted");
 }
 
 #[tokio::test]
