@@ -16,11 +16,11 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection, SqliteConnection};
 use uuid::Uuid;
 
-use crate::cache::call;
+use crate::cache::{call, strs, wait_live};
 use crate::faults::transcription;
 use crate::support::app::{assert_error, spawn_app_on, spawn_app_with, TestApp, ELEVENLABS_SECRET};
 use crate::support::db::{pg_admin_url, TestDb};
-use crate::support::infra::eventually;
+use crate::support::infra::{eventually, redis_flags, redis_url, unique_prefix};
 use crate::webhooks::{known_caller, CALLER};
 
 // Classification, through real errors from real servers
@@ -314,6 +314,69 @@ async fn on_a_read_only_database_writes_answer_503_and_post_call_events_wait_for
         )
         .await;
     assert_eq!(r.status(), 201, "writes are taken again");
+}
+
+#[tokio::test]
+async fn reads_that_fail_with_a_transient_error_serve_stale_values() {
+    // One-second TTLs, an hour of grace, and Redis: what was read stays there past its TTL.
+    let db = Arc::new(TestDb::postgres().await);
+    let mut flags = redis_flags(&redis_url(), &unique_prefix());
+    flags.extend(
+        [
+            "--ttl-context-s",
+            "1",
+            "--ttl-lead-s",
+            "1",
+            "--ttl-org-s",
+            "1",
+            "--stale-grace-s",
+            "3600",
+            "--warm-leads",
+            "0",
+            "--webhook-deadline-ms",
+            "2000",
+        ]
+        .map(String::from),
+    );
+    let app = spawn_app_on(db.clone(), &strs(&flags)).await;
+    wait_live(&app).await;
+    let known = known_caller(&app).await;
+    let cached = eventually(Duration::from_secs(10), || async {
+        let (vars, source) = call(&app, CALLER).await;
+        source == "l1" && vars["customer_name"] == "Maria Lopez"
+    })
+    .await;
+    assert!(cached, "the known caller is cached");
+
+    // Every table is locked by another session, and this database's sessions give up waiting
+    // for a lock at once: each query fails with 55P03 (lock not available).
+    db.set_default("lock_timeout", "20ms").await;
+    let mut holder = db.pg_connection().await;
+    holder
+        .execute("begin; lock table organizations, leads, conversations in access exclusive mode")
+        .await
+        .unwrap();
+    let stale = eventually(Duration::from_secs(10), || async {
+        let (vars, source) = call(&app, CALLER).await;
+        source == "stale" && vars["customer_name"] == "Maria Lopez"
+    })
+    .await;
+    assert!(stale, "the last known values are served, marked stale");
+    let r = app
+        .patch_admin(
+            &format!("/api/leads/{}", known.lead_id()),
+            &json!({"customer_name": "Someone Else"}),
+        )
+        .await;
+    assert_eq!(assert_error(r, 503).await, "service_unavailable");
+
+    holder.execute("rollback").await.unwrap();
+    let fresh = eventually(Duration::from_secs(10), || async {
+        let (vars, source) = call(&app, CALLER).await;
+        source != "stale" && vars["customer_name"] == "Maria Lopez"
+    })
+    .await;
+    assert!(fresh, "fresh answers once the locks are gone");
 }
 
 #[tokio::test]

@@ -72,17 +72,21 @@ impl TestDb {
     /// writes fail with SQLSTATE 25006, as on a replica or during maintenance. Nothing outside
     /// this test's own database changes.
     pub async fn set_read_only(&self, read_only: bool) {
+        let value = if read_only { "on" } else { "off" };
+        self.set_default("default_transaction_read_only", value)
+            .await;
+    }
+
+    /// Sets a setting's default for every new session on this database (`ALTER DATABASE … SET`)
+    /// and ends the sessions open on it, so that pools reconnect under it.
+    pub async fn set_default(&self, setting: &str, value: &str) {
         let Kind::Postgres { name, admin_url } = &self.kind else {
             panic!("a Postgres test database");
         };
         let mut conn = PgConnection::connect(admin_url).await.expect("connect");
-        let setting = if read_only { "on" } else { "off" };
-        conn.execute(
-            format!(r#"ALTER DATABASE "{name}" SET default_transaction_read_only = {setting}"#)
-                .as_str(),
-        )
-        .await
-        .expect("alter database");
+        conn.execute(format!(r#"ALTER DATABASE "{name}" SET {setting} = '{value}'"#).as_str())
+            .await
+            .expect("alter database");
         sqlx::query(
             "select pg_terminate_backend(pid) from pg_stat_activity \
              where datname = $1 and pid <> pg_backend_pid()",
