@@ -72,13 +72,20 @@ async fn validate_command(args: crate::config::ValidateArgs) -> anyhow::Result<(
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Err(e) = args.check_secrets() {
+        e.exit();
+    }
     telemetry::init(args.log.log_format);
     let (app, generated) = Application::build(&args).await?;
     print_generated(&generated);
-    let demo = if args.demo {
-        Some(demo_sample(app.store(), &args).await?)
-    } else {
+    let demo = if !args.demo {
         None
+    } else if let Err(e) = app.store().ping().await {
+        // A database that is not there yet does not stop the service, nor its demo.
+        tracing::warn!(error = %e, "the database is unavailable: no demo data for now");
+        None
+    } else {
+        Some(demo_sample(app.store(), &args).await?)
     };
     let addr = app.local_addr();
     tracing::info!(%addr, backend = app.store().backend(), "hotline is serving");

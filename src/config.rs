@@ -183,6 +183,12 @@ fn parse_seconds(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("`{s}` is not a whole number of seconds (0 or more)"))
 }
 
+fn parse_whole(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("`{s}` is not a whole number (0 or more)"))
+}
+
 fn parse_positive(s: &str) -> Result<u64, String> {
     match s.trim().parse::<u64>() {
         Ok(n) if n > 0 => Ok(n),
@@ -304,10 +310,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
 
-    /// Bearer token for the store API and cache administration (generated when unset).
+    /// Bearer token for the store API and cache administration (required; generated only with
+    /// `--demo`).
     #[arg(long, env = "ADMIN_TOKEN", value_parser = parse_secret, hide_env_values = true)]
     pub admin_token: Option<Secret>,
-    /// Bearer token ElevenLabs sends to the initiation webhook (generated when unset).
+    /// Bearer token ElevenLabs sends to the initiation webhook (required; generated only with
+    /// `--demo`).
     #[arg(long, env = "WEBHOOK_SECRET", value_parser = parse_secret, hide_env_values = true)]
     pub webhook_secret: Option<Secret>,
     /// HMAC secret of the post-call webhook; unset: that endpoint answers 503.
@@ -347,8 +355,13 @@ pub struct ServeArgs {
     /// Where a post-call event is kept while the database is down.
     #[arg(long, env = "SPOOL_DIR", default_value = "hotline-spool")]
     pub spool_dir: std::path::PathBuf,
+    /// The spool's size in MiB: when full, a post-call event that cannot be recorded is
+    /// refused with 503 instead of acknowledged. `0` keeps nothing.
+    #[arg(long, env = "SPOOL_MAX_MB", default_value = "1024", value_parser = parse_whole)]
+    pub spool_max_mb: u64,
 
-    /// Seed a small demo data set when the database is empty, and print a curl to try.
+    /// Seed a small demo data set when the database is empty, generate ADMIN_TOKEN and
+    /// WEBHOOK_SECRET when unset, and print a curl to try.
     #[arg(long)]
     pub demo: bool,
 }
@@ -411,6 +424,10 @@ impl ServeArgs {
     pub fn webhook_deadline(&self) -> Duration {
         Duration::from_millis(self.webhook_deadline_ms)
     }
+
+    pub fn spool_max_bytes(&self) -> u64 {
+        self.spool_max_mb.saturating_mul(1024 * 1024)
+    }
 }
 
 impl Cli {
@@ -446,6 +463,47 @@ impl Cli {
     }
 }
 
+/// A setting that stops the process at start: printed as one line naming the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {env} (--{flag}): {reason}")]
+pub struct ConfigError {
+    pub env: String,
+    pub flag: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// Prints the one line and exits with status 2, as every configuration error does.
+    pub fn exit(&self) -> ! {
+        eprintln!("hotline: {self}");
+        std::process::exit(2);
+    }
+}
+
+impl ServeArgs {
+    /// `ADMIN_TOKEN` and `WEBHOOK_SECRET` are required: instances behind one load balancer must
+    /// share them, so none may invent its own. Only `serve --demo` generates them.
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        if self.demo {
+            return Ok(());
+        }
+        let missing = |env: &str, flag: &str| ConfigError {
+            env: env.into(),
+            flag: flag.into(),
+            reason: "is required (at least 16 characters; every instance needs the same \
+                     value); only `hotline serve --demo` generates one"
+                .into(),
+        };
+        if self.admin_token.is_none() {
+            return Err(missing("ADMIN_TOKEN", "admin-token"));
+        }
+        if self.webhook_secret.is_none() {
+            return Err(missing("WEBHOOK_SECRET", "webhook-secret"));
+        }
+        Ok(())
+    }
+}
+
 fn exit_with(err: clap::Error, subcommand: Option<&str>) -> ! {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     let is_value_error = matches!(
@@ -478,8 +536,12 @@ fn exit_with(err: clap::Error, subcommand: Option<&str>) -> ! {
             _ => None,
         })
         .unwrap_or_else(|| "invalid value".into());
-    eprintln!("hotline: invalid configuration: {env} (--{long}): {reason}");
-    std::process::exit(2);
+    ConfigError {
+        env,
+        flag: long,
+        reason,
+    }
+    .exit()
 }
 
 use std::error::Error as _;

@@ -2,9 +2,12 @@
 //! conversation of the caller's lead (created when new), once per `conversation_id`. Used by
 //! the webhook and by the spool drainer, which applies events kept while the database was down.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -166,44 +169,89 @@ async fn apply_transcription(
     })
 }
 
-/// How often the drainer looks at the spool.
+/// How often the drainer looks at the spool while the database takes what it holds.
 const DRAIN_EVERY: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts while the database keeps failing.
+const DRAIN_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How many passes an event that lost a race with another writer (a conflict, a row deleted
+/// meanwhile) is tried again before it is set aside.
+const RACE_RETRIES: u32 = 3;
 
-/// Applies spooled events, oldest first, whenever the database answers; an event that can
-/// never be applied is set aside (renamed `.rejected`), never dropped.
-pub async fn drain_spool(
+/// What one pass over the spool did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Applied (recorded, duplicate, unmatched or ignored) and removed.
+    pub applied: usize,
+    /// Still waiting: the database failed in a way that may pass, or the pass stopped first.
+    pub kept: usize,
+    /// Can never be applied: renamed `.rejected`, for an operator.
+    pub set_aside: usize,
+    /// The pass stopped on an error that means "try again later" (the database is down or
+    /// refusing writes); the drainer backs off.
+    pub database_failing: bool,
+}
+
+/// What to do with an event that failed.
+enum Verdict {
+    /// The database cannot take it now: keep it, stop the pass, try again later.
+    Wait,
+    /// A race with another writer: try again in the next pass, a few times.
+    Retry,
+    /// Never applicable: set it aside.
+    Reject,
+}
+
+fn verdict(e: &ApplyError) -> Verdict {
+    match e {
+        ApplyError::Invalid(_) => Verdict::Reject,
+        ApplyError::Store(e) if e.is_unavailable() => Verdict::Wait,
+        ApplyError::Store(
+            StoreError::Conflict(_) | StoreError::InvalidReference(_) | StoreError::NotFound,
+        ) => Verdict::Retry,
+        ApplyError::Store(StoreError::Other(_) | StoreError::Unavailable(_)) => Verdict::Reject,
+    }
+}
+
+/// Applies spooled events, oldest first, whenever the database takes them. Only an event that
+/// can never be applied is set aside (renamed `.rejected`, never dropped); one that fails
+/// because the database is down or refusing writes waits, and is tried again with backoff.
+pub struct Drainer {
     lookup: Arc<Lookup>,
     spool: Spool,
     region: Region,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(DRAIN_EVERY) => {}
-            _ = shutdown.changed() => return,
+    /// Passes each racing event has been tried in.
+    races: HashMap<PathBuf, u32>,
+}
+
+impl Drainer {
+    pub fn new(lookup: Arc<Lookup>, spool: Spool, region: Region) -> Drainer {
+        Drainer {
+            lookup,
+            spool,
+            region,
+            races: HashMap::new(),
         }
-        let Ok(files) = spool.pending() else {
-            continue;
+    }
+
+    /// One pass over the spool, oldest first. It stops at the first event the database cannot
+    /// take now: the next ones would fail the same way, and arrival order is kept.
+    pub async fn pass(&mut self) -> DrainReport {
+        let mut report = DrainReport::default();
+        let files = match self.spool.pending() {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::error!(error = %e, "the spool directory cannot be read");
+                return report;
+            }
         };
-        for path in files {
-            let Ok(bytes) = spool.read(&path).await else {
+        let total = files.len();
+        for (path, _) in files {
+            let Ok(bytes) = self.spool.read(&path).await else {
                 continue;
             };
-            let envelope = match serde_json::from_slice::<Value>(&bytes) {
-                Ok(Value::Object(map)) => map,
-                _ => {
-                    set_aside(&path).await;
-                    continue;
-                }
-            };
-            // Each event on a task of its own: one that panics is set aside, not the drainer.
-            let task = {
-                let lookup = lookup.clone();
-                tokio::spawn(async move { apply_event(&lookup, &envelope, region).await })
-            };
-            let outcome = match task.await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(ApplyError::Invalid("applying the event panicked".into())),
+            let outcome = match serde_json::from_slice::<Value>(&bytes) {
+                Ok(Value::Object(envelope)) => self.apply(envelope).await,
+                _ => Err(ApplyError::Invalid("not a JSON object".into())),
             };
             match outcome {
                 Ok(applied) => {
@@ -211,22 +259,84 @@ pub async fn drain_spool(
                         outcome = applied.as_str(),
                         "spooled post-call event applied"
                     );
-                    if let Err(e) = spool.remove(&path).await {
+                    self.races.remove(&path);
+                    report.applied += 1;
+                    if let Err(e) = self.spool.remove(&path).await {
                         tracing::error!(error = %e, "could not remove an applied spool file");
                     }
                 }
-                Err(ApplyError::Store(e)) if e.is_unavailable() => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "spooled post-call event cannot be applied; set aside");
-                    set_aside(&path).await;
-                }
+                Err(e) => match verdict(&e) {
+                    Verdict::Wait => {
+                        tracing::warn!(error = %e, "the database cannot take spooled post-call events yet; they wait");
+                        report.database_failing = true;
+                        break;
+                    }
+                    Verdict::Retry
+                        if {
+                            let tries = self.races.entry(path.clone()).or_default();
+                            *tries += 1;
+                            *tries <= RACE_RETRIES
+                        } =>
+                    {
+                        tracing::warn!(error = %e, "spooled post-call event raced another write; trying again");
+                    }
+                    Verdict::Retry | Verdict::Reject => {
+                        tracing::error!(error = %e, "spooled post-call event cannot be applied; set aside");
+                        self.races.remove(&path);
+                        report.set_aside += 1;
+                        if let Err(e) = self.spool.set_aside(&path).await {
+                            tracing::error!(error = %e, "could not set a spool file aside");
+                        }
+                    }
+                },
             }
+        }
+        report.kept = total - report.applied - report.set_aside;
+        report
+    }
+
+    /// Each event on a task of its own: one that panics is set aside, not the drainer.
+    async fn apply(&self, envelope: Map<String, Value>) -> Result<Applied, ApplyError> {
+        let lookup = self.lookup.clone();
+        let region = self.region;
+        tokio::spawn(async move { apply_event(&lookup, &envelope, region).await })
+            .await
+            .unwrap_or_else(|_| Err(ApplyError::Invalid("applying the event panicked".into())))
+    }
+
+    /// Passes every [`DRAIN_EVERY`] while the database takes events; while it fails, waits
+    /// longer each time (exponential with jitter, up to [`DRAIN_BACKOFF_MAX`]).
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(DRAIN_EVERY)
+            .with_max_delay(DRAIN_BACKOFF_MAX)
+            .with_jitter()
+            .without_max_times();
+        let mut delays = backoff.build();
+        let mut wait = DRAIN_EVERY;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            wait = if self.pass().await.database_failing {
+                delays.next().unwrap_or(DRAIN_BACKOFF_MAX)
+            } else {
+                delays = backoff.build();
+                DRAIN_EVERY
+            };
         }
     }
 }
 
-async fn set_aside(path: &std::path::Path) {
-    let _ = tokio::fs::rename(path, path.with_extension("rejected")).await;
+/// Runs a [`Drainer`] until `shutdown`.
+pub async fn drain_spool(
+    lookup: Arc<Lookup>,
+    spool: Spool,
+    region: Region,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    Drainer::new(lookup, spool, region).run(shutdown).await
 }
 
 #[cfg(test)]

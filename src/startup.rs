@@ -3,10 +3,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use backon::{ExponentialBuilder, Retryable as _};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -17,10 +18,10 @@ use crate::lookup::Lookup;
 use crate::monitoring::{DownSince, Monitor, MonitorConfig};
 use crate::postcall;
 use crate::spool::Spool;
-use crate::store::{self, DynStore, InstrumentedStore};
+use crate::store::{self, DynStore, GatedStore, InstrumentedStore, Store as _};
 use crate::supervise::Tasks;
 
-/// A built application: migrated store, bound listener, ready to serve.
+/// A built application: store, bound listener, ready to serve.
 pub struct Application {
     listener: TcpListener,
     state: AppState,
@@ -81,7 +82,7 @@ fn build_cache(args: &ServeArgs, monitor: &Monitor) -> anyhow::Result<Cache> {
     ))
 }
 
-/// Secrets that were generated because they were not configured, to print once.
+/// Secrets generated for a `serve --demo` run because they were not configured, to print once.
 #[derive(Debug, Default)]
 pub struct GeneratedSecrets {
     pub admin_token: Option<Secret>,
@@ -89,15 +90,41 @@ pub struct GeneratedSecrets {
 }
 
 impl Application {
-    /// Connects and migrates the store, resolves secrets, and binds `LISTEN_ADDR` (port 0
-    /// picks a free port; see [`Application::local_addr`]).
+    /// Opens the store, migrates it, resolves secrets, and binds `LISTEN_ADDR` (port 0 picks a
+    /// free port; see [`Application::local_addr`]).
+    ///
+    /// A database that is down does not stop the start: the store connects lazily and
+    /// migrations run in the background, retried with backoff, once the database answers
+    /// (until then the store answers "unavailable": see [`GatedStore`]). With the database up,
+    /// the first attempt is waited for, so that the instance serves with its schema in place,
+    /// and a migration that fails for good (a broken migration, wrong credentials) stops it.
     pub async fn build(args: &ServeArgs) -> anyhow::Result<(Application, GeneratedSecrets)> {
-        let store = store::connect(args.db.database_url.as_str())
+        let url = &args.db.database_url;
+        let store = store::connect(url.as_str())
             .await
-            .with_context(|| format!("opening the database {}", args.db.database_url.redacted()))?;
-        store.migrate().await.with_context(|| {
-            format!("migrating the database {}", args.db.database_url.redacted())
-        })?;
+            .with_context(|| format!("opening the database {}", url.redacted()))?;
+        let store = Arc::new(GatedStore::new(store));
+        let mut migration = spawn_migration(Arc::downgrade(&store));
+        let first = tokio::time::timeout(
+            FIRST_MIGRATION_WAIT,
+            migration.wait_for(|m| !matches!(m, Migration::Pending)),
+        )
+        .await
+        .ok()
+        .and_then(|seen| seen.ok().map(|m| m.clone()));
+        match first {
+            Some(Migration::Done) => {}
+            Some(Migration::Failed(e)) => {
+                anyhow::bail!("migrating the database {}: {e}", url.redacted())
+            }
+            Some(Migration::Waiting(e)) => tracing::warn!(
+                error = %e,
+                "the database is unavailable; serving without it (cache and defaults) and migrating once it answers"
+            ),
+            _ => tracing::warn!(
+                "the database has not answered yet; serving without it (cache and defaults) and migrating once it answers"
+            ),
+        }
         Self::build_with_store(args, store).await
     }
 
@@ -109,6 +136,8 @@ impl Application {
         // libphonenumber loads its metadata on first use (a noticeable pause): pay it here,
         // not on the first call's deadline.
         let _ = crate::domain::Phone::parse("+16129782029", args.default_region);
+        args.check_secrets()?;
+        // Only `serve --demo` gets here without them.
         let mut generated = GeneratedSecrets::default();
         let admin_token = args.admin_token.clone().unwrap_or_else(|| {
             let s = Secret::generate();
@@ -144,7 +173,7 @@ impl Application {
                 remote.close_breaker();
             }
         }
-        let spool = Spool::open(&args.spool_dir)
+        let spool = Spool::open(&args.spool_dir, args.spool_max_bytes())
             .with_context(|| format!("opening SPOOL_DIR {}", args.spool_dir.display()))?;
         let state = AppState {
             lookup: Arc::new(Lookup::new(store.clone(), cache)),
@@ -289,4 +318,63 @@ async fn probe_database(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// How long [`Application::build`] waits for the first migration attempt.
+const FIRST_MIGRATION_WAIT: Duration = Duration::from_secs(5);
+/// The longest wait between two migration attempts while the database is down.
+const MIGRATION_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Where the background migration stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Migration {
+    /// The first attempt is running.
+    Pending,
+    /// The database is unavailable; trying again.
+    Waiting(String),
+    /// It failed for another reason (a broken migration, wrong credentials); trying again too,
+    /// in case an operator puts it right.
+    Failed(String),
+    Done,
+}
+
+/// Migrates `store` in the background until it succeeds, with exponential backoff (and jitter)
+/// between attempts, and reports how it stands. It ends early when the store is dropped (the
+/// application is gone).
+fn spawn_migration(store: Weak<GatedStore>) -> watch::Receiver<Migration> {
+    let (tx, rx) = watch::channel(Migration::Pending);
+    enum Attempt {
+        Gone,
+        Failed(store::StoreError),
+    }
+    tokio::spawn(async move {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(MIGRATION_BACKOFF_MAX)
+            .with_jitter()
+            .without_max_times();
+        let done = (|| async {
+            let store = store.upgrade().ok_or(Attempt::Gone)?;
+            store.migrate().await.map_err(Attempt::Failed)
+        })
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|e| matches!(e, Attempt::Failed(_)))
+        .notify(|e, next| {
+            let Attempt::Failed(e) = e else { return };
+            let next_s = next.as_secs_f64();
+            if e.is_unavailable() {
+                tracing::warn!(error = %e, next_s, "migrations wait for the database");
+                tx.send_replace(Migration::Waiting(e.to_string()));
+            } else {
+                tracing::error!(error = %e, next_s, "migrations failed");
+                tx.send_replace(Migration::Failed(e.to_string()));
+            }
+        })
+        .await;
+        if done.is_ok() {
+            tx.send_replace(Migration::Done);
+        }
+    });
+    rx
 }

@@ -130,6 +130,9 @@ pub struct Liveness {
     /// settled (Redis may hold what changes nobody heard made old); true otherwise, and while
     /// the database cannot be listened to at all (what Redis holds is then the best there is).
     pub l2_gate: AtomicBool,
+    /// The database's change counter up to which this instance last claimed to have heard
+    /// every change (see `tasks::settle`).
+    pub claimed_seq: AtomicI64,
     /// Whether a Redis pub/sub subscription is expected (tier 2 is configured).
     pub expects_pubsub: bool,
     /// Whether a Postgres LISTEN connection is expected (the store is Postgres).

@@ -302,8 +302,11 @@ async fn settle(cache: Arc<Cache>, mut from: watch::Receiver<Option<i64>>, heart
 /// is noticed too), carrying the database's change counter; hearing nothing for three
 /// heartbeats means the connection died without closing (a half-open TCP connection), and it
 /// reconnects. Once settled (see [`settle`]) and owing Redis nothing, each heartbeat claims
-/// the counter of the one before as heard (one heartbeat of slack for transactions that were
-/// still open when it was read).
+/// its counter as heard: notifications arrive in commit order, so every change committed
+/// before the heartbeat was heard. (A transaction that took its counter value before the
+/// heartbeat and commits after it is heard too, as long as some instance listens then; one
+/// that commits while no instance listens, after one claimed past it, is the case this cannot
+/// see.)
 async fn listen(
     cache: Arc<Cache>,
     url: String,
@@ -344,8 +347,13 @@ async fn listen(
             tracing::info!("listening for database changes");
             let (from_tx, from_rx) = watch::channel(None);
             let settling = tokio::spawn(settle(cache.clone(), from_rx, heartbeat));
-            let pings = tokio::spawn(send_pings(pinger.clone(), me.clone(), heartbeat));
-            let mut previous: Option<i64> = None;
+            let poke = Arc::new(tokio::sync::Notify::new());
+            let pings = tokio::spawn(send_pings(
+                pinger.clone(),
+                me.clone(),
+                heartbeat,
+                poke.clone(),
+            ));
             loop {
                 tokio::select! {
                     heard = tokio::time::timeout(silence, listener.try_recv()) => match heard {
@@ -355,14 +363,16 @@ async fn listen(
                                     from_tx.send_if_modified(|from| {
                                         from.is_none() && from.replace(ping.seq).is_none()
                                     });
-                                    claim(&cache, previous).await;
-                                    previous = Some(ping.seq);
+                                    claim(&cache, ping.seq).await;
                                 }
                                 Ok(Heard::Ping(_)) => {}
                                 Ok(Heard::Change(change)) => {
                                     cache
                                         .invalidate(&change.changes(region), InvalidationSource::Notify)
                                         .await;
+                                    // A heartbeat soon after, so that what was heard is
+                                    // claimed at once, not at the next beat.
+                                    poke.notify_one();
                                 }
                                 Err(_) => tracing::warn!("ignoring a malformed change notification"),
                             }
@@ -404,24 +414,37 @@ async fn listen(
 }
 
 /// Claims `seq` as heard, once the listener has settled and owes Redis nothing.
-async fn claim(cache: &Cache, seq: Option<i64>) {
-    let (Some(seq), Some(remote)) = (seq, cache.remote()) else {
+async fn claim(cache: &Cache, seq: i64) {
+    let Some(remote) = cache.remote() else {
         return;
     };
     if cache.liveness().listen_settled.load(Ordering::Acquire)
         && remote.breaker.is_closed()
         && !cache.generations().owes_redis()
+        && remote.claim_coverage(seq).await.is_ok()
     {
-        let _ = remote.claim_coverage(seq).await;
+        cache
+            .liveness()
+            .claimed_seq
+            .fetch_max(seq, Ordering::AcqRel);
     }
 }
 
-/// Sends the listener's heartbeat through the database every `every`, with the change counter.
-async fn send_pings(pool: sqlx::PgPool, me: String, every: Duration) {
+/// Sends the listener's heartbeat through the database every `every`, and when poked (after a
+/// change was heard), with the change counter.
+async fn send_pings(
+    pool: sqlx::PgPool,
+    me: String,
+    every: Duration,
+    poke: Arc<tokio::sync::Notify>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = poke.notified() => {}
+        }
         let sent = tokio::time::timeout(
             every,
             sqlx::query(

@@ -1,6 +1,7 @@
 //! ElevenLabs' webhooks: conversation initiation (answered within the deadline, always 200 with
 //! every dynamic variable) and post-call (HMAC-verified, recorded once per conversation).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
@@ -352,36 +353,41 @@ async fn post_call(
         .unwrap_or_else(|e| Err(ApiError::Internal(format!("post-call task failed: {e}"))))
 }
 
+/// Records the event now, or keeps it in the spool for the drainer: ElevenLabs never sends an
+/// event twice, so whatever kept the store from recording it (the database down or refusing
+/// writes, a race, even a panic) it is kept durably, and answered 200 only once kept. Only an
+/// event that can never be recorded (422) or one that can be neither recorded nor kept (503)
+/// is answered otherwise.
 async fn apply_or_spool(
     state: &AppState,
     envelope: &Map<String, Value>,
     bytes: Vec<u8>,
 ) -> Result<Response> {
     let region = state.settings.default_region;
-    match postcall::apply_event(&state.lookup, envelope, region).await {
-        Ok(applied) => {
+    let applied = AssertUnwindSafe(postcall::apply_event(&state.lookup, envelope, region))
+        .catch_unwind()
+        .await;
+    let error = match applied {
+        Ok(Ok(applied)) => {
             if applied == Applied::Unmatched {
                 tracing::info!(
                     "post-call transcription matched no organization or caller; not stored"
                 );
             }
-            Ok(acknowledge(applied.as_str()))
+            return Ok(acknowledge(applied.as_str()));
         }
-        Err(ApplyError::Invalid(message)) => Err(ApiError::Invalid(message)),
-        Err(ApplyError::Store(e)) if e.is_unavailable() => {
-            // ElevenLabs never sends an event twice: keep it durably, and answer 200 only once
-            // it is kept. The drainer applies it when the database returns.
-            match state.spool.append(bytes).await {
-                Ok(_) => {
-                    tracing::warn!("database unavailable; post-call event spooled");
-                    Ok(acknowledge("spooled"))
-                }
-                Err(io) => Err(ApiError::Unavailable(format!(
-                    "database down ({e}) and the spool failed ({io})"
-                ))),
-            }
+        Ok(Err(ApplyError::Invalid(message))) => return Err(ApiError::Invalid(message)),
+        Ok(Err(ApplyError::Store(e))) => e.to_string(),
+        Err(_) => "applying it panicked".to_string(),
+    };
+    match state.spool.append(bytes).await {
+        Ok(_) => {
+            tracing::warn!(error = %error, "post-call event not recorded now; spooled");
+            Ok(acknowledge("spooled"))
         }
-        Err(ApplyError::Store(e)) => Err(e.into()),
+        Err(spool) => Err(ApiError::Unavailable(format!(
+            "post-call event not recorded ({error}) and not spooled ({spool})"
+        ))),
     }
 }
 

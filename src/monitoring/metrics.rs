@@ -34,9 +34,11 @@ pub const ALERT_FIRING: &str = "hotline_alert_firing";
 pub const WEBHOOK_ANSWERS: &str = "hotline_webhook_answers_total";
 pub const POST_CALL_EVENTS: &str = "hotline_post_call_events_total";
 pub const BACKGROUND_RESTARTS: &str = "hotline_background_restarts_total";
+pub const SPOOL_DEPTH: &str = "hotline_spool_depth";
+pub const SPOOL_BYTES: &str = "hotline_spool_bytes";
 
 /// Every family this module exports.
-pub const FAMILIES: [&str; 11] = [
+pub const FAMILIES: [&str; 13] = [
     CACHE_REQUESTS,
     CACHE_LOAD_DURATION,
     CACHE_INVALIDATIONS,
@@ -48,6 +50,8 @@ pub const FAMILIES: [&str; 11] = [
     WEBHOOK_ANSWERS,
     POST_CALL_EVENTS,
     BACKGROUND_RESTARTS,
+    SPOOL_DEPTH,
+    SPOOL_BYTES,
 ];
 
 /// The `source` label of the invalidation counter.
@@ -87,6 +91,8 @@ struct Handles {
     alert_firing: [Gauge; 5],
     redis_up: Gauge,
     redis_command: Histogram,
+    spool_depth: Gauge,
+    spool_bytes: Gauge,
 }
 
 struct Installed {
@@ -170,6 +176,16 @@ fn describe() {
         Unit::Count,
         "Signed post-call events acknowledged, by outcome: recorded, duplicate (already stored), unmatched (no organization matched; not stored), spooled (database down; kept to apply later), ignored (not a transcription)."
     );
+    describe_gauge!(
+        SPOOL_DEPTH,
+        Unit::Count,
+        "Post-call events in the local spool, waiting for the database to take them."
+    );
+    describe_gauge!(
+        SPOOL_BYTES,
+        Unit::Bytes,
+        "Bytes of the post-call events waiting in the local spool (bounded by SPOOL_MAX_MB)."
+    );
 }
 
 /// Registers every family at zero. A histogram with labels we cannot know in advance (routes,
@@ -203,6 +219,9 @@ fn register() -> Handles {
     }
     let redis_up = gauge!(REDIS_UP);
     redis_up.set(0.0);
+    let (spool_depth, spool_bytes) = (gauge!(SPOOL_DEPTH), gauge!(SPOOL_BYTES));
+    spool_depth.set(0.0);
+    spool_bytes.set(0.0);
     let _ = histogram!(HTTP_REQUEST_DURATION, "route" => "/healthz", "method" => "GET", "status" => "200");
     let _ = histogram!(DB_QUERY_DURATION, "query" => "ping");
     Handles {
@@ -214,6 +233,8 @@ fn register() -> Handles {
         alert_firing,
         redis_up,
         redis_command: histogram!(REDIS_COMMAND_DURATION),
+        spool_depth,
+        spool_bytes,
     }
 }
 
@@ -350,6 +371,14 @@ pub fn post_call_event(outcome: &str) {
     }
 }
 
+/// What the post-call spool holds: events waiting, and their bytes.
+pub fn spool_usage(depth: u64, bytes: u64) {
+    if let Some(h) = handles() {
+        h.spool_depth.set(depth as f64);
+        h.spool_bytes.set(bytes as f64);
+    }
+}
+
 /// The Prometheus text exposition.
 pub fn render(handle: &PrometheusHandle) -> String {
     handle.render()
@@ -405,6 +434,8 @@ mod tests {
             assert!(text.contains(&format!("{ALERT_FIRING}{{alert=\"{alert}\"}}")));
         }
         assert!(text.contains("# TYPE hotline_http_request_duration_seconds histogram"));
+        assert!(text.contains("# TYPE hotline_spool_depth gauge"));
+        assert!(text.contains("# TYPE hotline_spool_bytes gauge"));
         assert!(text.contains("le=\"0.00002\""), "fine buckets:\n{text}");
         drop(handle);
     }

@@ -1,6 +1,7 @@
 //! Persistence: the [`Store`] trait and its two backends, Postgres (and Supabase) and embedded
 //! SQLite. The store knows nothing of the cache or of HTTP.
 
+mod gated;
 mod instrumented;
 mod postgres;
 mod sqlite;
@@ -16,6 +17,7 @@ use crate::domain::{
     NewLead, NewOrganization, Organization, OrganizationPatch, Phone,
 };
 
+pub use gated::GatedStore;
 pub use instrumented::InstrumentedStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -58,6 +60,54 @@ impl StoreError {
     }
 }
 
+/// Whether a Postgres SQLSTATE means "the database cannot do this now; the same request may
+/// succeed later", rather than "this request is wrong". By class: `08` connection exception,
+/// `53` insufficient resources (too many connections, disk full, out of memory), `57` operator
+/// intervention (admin shutdown `57P01`, cannot connect now `57P03`, statement cancelled
+/// `57014`); and by code: `25006` read-only transaction (a replica, or a database set read-only
+/// during maintenance), `40001` serialization failure, `40P01` deadlock, `40003` statement
+/// completion unknown, `55P03` lock not available.
+pub fn pg_code_is_transient(sqlstate: &str) -> bool {
+    matches!(sqlstate.get(..2), Some("08" | "53" | "57"))
+        || matches!(sqlstate, "25006" | "40001" | "40P01" | "40003" | "55P03")
+}
+
+/// Whether a SQLite result code (extended or primary) means the same: the primary code (the
+/// low byte) is `SQLITE_BUSY` (another connection holds the lock), `SQLITE_LOCKED`,
+/// `SQLITE_READONLY` (the file or its directory cannot be written now), `SQLITE_IOERR`,
+/// `SQLITE_FULL` (disk full) or `SQLITE_CANTOPEN`.
+pub fn sqlite_code_is_transient(code: i32) -> bool {
+    const BUSY: i32 = 5;
+    const LOCKED: i32 = 6;
+    const READONLY: i32 = 8;
+    const IOERR: i32 = 10;
+    const FULL: i32 = 13;
+    const CANTOPEN: i32 = 14;
+    matches!(
+        code & 0xff,
+        BUSY | LOCKED | READONLY | IOERR | FULL | CANTOPEN
+    )
+}
+
+/// Whether a database's own error means "try again later", by backend.
+fn is_transient(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        return pg_code_is_transient(pg.code());
+    }
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        return db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(sqlite_code_is_transient);
+    }
+    false
+}
+
+/// The one place where driver errors are classified. What the database refuses for good
+/// (constraints, bad data) is `Conflict`, `InvalidReference` or `Other`; what may succeed when
+/// tried again (no connection, a read-only or overloaded database, a lost serialization race)
+/// is `Unavailable`, which makes writes answer 503, reads serve stale values, and post-call
+/// events wait in the spool.
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
@@ -70,6 +120,8 @@ impl From<sqlx::Error> for StoreError {
                     StoreError::InvalidReference(constraint)
                 } else if db.is_check_violation() {
                     StoreError::Other(format!("check violation {constraint}"))
+                } else if is_transient(db.as_ref()) {
+                    StoreError::Unavailable(db.to_string())
                 } else {
                     StoreError::Other(db.message().to_string())
                 }
@@ -160,5 +212,42 @@ pub async fn connect(url: &str) -> StoreResult<DynStore> {
         Err(StoreError::Other(
             "unsupported database URL scheme (use postgres:// or sqlite://)".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_codes_that_mean_try_again() {
+        for code in [
+            "08000", "08001", "08003", "08006", "08P01", // connection exception
+            "53000", "53100", "53200", "53300", "53400", // insufficient resources
+            "57000", "57014", "57P01", "57P02", "57P03", // operator intervention
+            "25006", // read-only transaction
+            "40001", "40P01", "40003", // serialization, deadlock, completion unknown
+            "55P03", // lock not available
+        ] {
+            assert!(pg_code_is_transient(code), "{code} is transient");
+        }
+        for code in [
+            "23505", "23503", "23514", "22P02", "42P01", "42601", "28P01", "3D000", "40002",
+            "25001", "XX000", "",
+        ] {
+            assert!(!pg_code_is_transient(code), "{code} is permanent");
+        }
+    }
+
+    #[test]
+    fn sqlite_codes_that_mean_try_again() {
+        // Primary codes, and extended ones (primary | n << 8).
+        for code in [5, 6, 8, 10, 13, 14, 261, 517, 262, 1032, 266, 3338] {
+            assert!(sqlite_code_is_transient(code), "{code} is transient");
+        }
+        // SQLITE_ERROR, SQLITE_CONSTRAINT_UNIQUE, SQLITE_MISMATCH, SQLITE_CORRUPT.
+        for code in [1, 2067, 20, 11] {
+            assert!(!sqlite_code_is_transient(code), "{code} is permanent");
+        }
     }
 }

@@ -237,7 +237,7 @@ async fn after_a_redis_restart_tier_one_is_not_trusted_blindly() {
 // 7. The database cut off
 
 /// A `post_call_transcription` for `caller` calling the organization.
-fn transcription(conversation_id: &str, caller: &str) -> String {
+pub fn transcription(conversation_id: &str, caller: &str) -> String {
     let now = chrono::Utc::now().timestamp();
     json!({
         "type": "post_call_transcription",

@@ -67,6 +67,37 @@ impl TestDb {
         SqliteConnection::connect(&self.url).await.expect("connect")
     }
 
+    /// Makes this database read-only (or writable again) for every new session, and ends the
+    /// sessions open on it so that pools reconnect under the new setting: reads still work,
+    /// writes fail with SQLSTATE 25006, as on a replica or during maintenance. Nothing outside
+    /// this test's own database changes.
+    pub async fn set_read_only(&self, read_only: bool) {
+        let value = if read_only { "on" } else { "off" };
+        self.set_default("default_transaction_read_only", value)
+            .await;
+    }
+
+    /// Sets a setting's default for every new session on this database (`ALTER DATABASE … SET`)
+    /// and ends the sessions open on it, so that pools reconnect under it.
+    pub async fn set_default(&self, setting: &str, value: &str) {
+        let Kind::Postgres { name, admin_url } = &self.kind else {
+            panic!("a Postgres test database");
+        };
+        let mut conn = PgConnection::connect(admin_url).await.expect("connect");
+        conn.execute(format!(r#"ALTER DATABASE "{name}" SET {setting} = '{value}'"#).as_str())
+            .await
+            .expect("alter database");
+        sqlx::query(
+            "select pg_terminate_backend(pid) from pg_stat_activity \
+             where datname = $1 and pid <> pg_backend_pid()",
+        )
+        .bind(name)
+        .execute(&mut conn)
+        .await
+        .expect("end the database's sessions");
+        conn.close().await.ok();
+    }
+
     /// The Postgres server's address (for a proxy in front of it).
     pub fn pg_addr(&self) -> SocketAddr {
         let (_, authority, _) = self.pg_parts();
