@@ -128,8 +128,10 @@ impl Pending {
 /// Stands for "removed" among the bumps awaiting their echo.
 const REMOVED: u64 = 0;
 
-/// Redis key patterns (under the prefix) of every lead's cached data and generations.
-pub const LEAD_PATTERNS: [&str; 4] = ["lead:*", "leadphone:*", "gen:lead:*", "gen:leadphone:*"];
+/// Redis key patterns (under the prefix) of every lead's cached data (generations, which hold
+/// only ids and tags, are left: deleting them under instances that mirror them would keep
+/// fills out of Redis until the mirrors are reconfirmed).
+pub const LEAD_PATTERNS: [&str; 2] = ["lead:*", "leadphone:*"];
 
 pub struct Generations {
     mirror: Cache<GenKey, u64>,

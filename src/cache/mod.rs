@@ -358,7 +358,7 @@ impl Cache {
             if let Some(local) = &self.local {
                 local.clear();
             }
-            if found.renewed {
+            if found.replaced_server {
                 // A restored snapshot may hold the data of leads deleted since it was taken:
                 // every entry is invalid now anyway, so every lead's cached data goes.
                 if let Some(remote) = self.remote.clone() {

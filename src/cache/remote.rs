@@ -54,6 +54,9 @@ pub struct Handshake {
     /// This handshake found the generations set under another server (or none) and gave
     /// every kind a new one: everything cached before is invalid.
     pub renewed: bool,
+    /// The generations had been set under another server (not under none: a new, empty
+    /// one): what Redis holds may be a restored snapshot.
+    pub replaced_server: bool,
     /// The deployment's key for phone tags (64 hex digits).
     pub phone_key: String,
 }
@@ -404,12 +407,13 @@ impl Remote {
             invocation.arg(rand::random::<u64>().max(1).to_string());
         }
         let mut conn = self.conn.clone();
-        let (run_id, renewed, phone_key): (String, i64, String) =
+        let (run_id, renewed, phone_key, previous): (String, i64, String, String) =
             match tokio::time::timeout(timeout, invocation.invoke_async(&mut conn)).await {
                 Ok(r) => r?,
                 Err(_) => return Err(RemoteError::Timeout),
             };
         Ok(Handshake {
+            replaced_server: renewed == 1 && !previous.is_empty(),
             run_id,
             renewed: renewed == 1,
             phone_key,
@@ -580,12 +584,14 @@ return 1
 
 /// KEYS: the server record, the phone-tag key, then the kind generations. ARGV: a proposed
 /// phone-tag key, TTL seconds, channel, flush message, then a new value per kind generation.
-/// Returns the server's run_id, 1 when the generations were renewed, and the phone-tag key.
+/// Returns the server's run_id, 1 when the generations were renewed, the phone-tag key, and
+/// the run_id the generations were set under before ('' for none).
 const HANDSHAKE_LUA: &str = r"
 local info = redis.call('INFO', 'server')
 local run_id = string.match(info, 'run_id:(%x+)')
 local renewed = 0
-if redis.call('GET', KEYS[1]) ~= run_id then
+local previous = redis.call('GET', KEYS[1]) or ''
+if previous ~= run_id then
   for i = 3, #KEYS do
     redis.call('SET', KEYS[i], ARGV[2 + i], 'EX', ARGV[2])
   end
@@ -594,7 +600,7 @@ if redis.call('GET', KEYS[1]) ~= run_id then
   renewed = 1
 end
 redis.call('SET', KEYS[2], ARGV[1], 'NX')
-return {run_id, renewed, redis.call('GET', KEYS[2])}
+return {run_id, renewed, redis.call('GET', KEYS[2]), previous}
 ";
 
 /// KEYS[1]: the coverage record. ARGV: 1 to claim (then ARGV[2] the counter value) or 0 to
