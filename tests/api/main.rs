@@ -6,6 +6,7 @@ mod cache;
 mod embedded;
 mod faults;
 mod hostile;
+mod limits;
 mod logging;
 mod monitoring;
 mod seed;
