@@ -17,6 +17,7 @@ use crate::support::app::{
 };
 use crate::support::db::TestDb;
 use crate::support::raw::{self, closed_within, metric, read_response, roundtrip};
+use crate::support::sse::SseClient;
 use crate::webhooks::{initiation_body, initiation_ok, known_caller, CALLER, ORG_PHONE};
 
 const MIB: usize = 1024 * 1024;
@@ -455,4 +456,52 @@ async fn an_audio_event_larger_than_the_whole_budget_streams_through() {
     assert_eq!(r.status(), 401);
     assert_eq!(bodies_refused(&app, "over_budget").await, refused_before);
     assert_eq!(body_bytes_in_flight(&app).await, 0.0);
+}
+
+#[tokio::test]
+async fn the_monitoring_stream_outlives_every_timeout_and_shutdown_lets_requests_finish() {
+    let app = app_with(&["--body-timeout-s", "2", "--header-read-timeout-s", "1"]).await;
+    let mut stream = SseClient::connect(&app.url("/api/monitoring/stream")).await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        assert!(
+            stream.next(GENEROUS).await.is_some(),
+            "the stream is not cut by the header or body timeout"
+        );
+    }
+
+    // A request whose body is still arriving when shutdown begins is answered in full.
+    let base = app.base.clone();
+    let body = hostile_body(Hostile::Transcription, 64 * 1024);
+    let mut in_flight = raw::connect(&base).await;
+    let signature = forged_signature();
+    let head = raw::request_head(
+        "POST",
+        POST_CALL,
+        &[("ElevenLabs-Signature", &signature)],
+        body.len(),
+    );
+    in_flight.write_all(head.as_bytes()).await.unwrap();
+    in_flight.write_all(&body[..1024]).await.unwrap();
+    let stopping = tokio::spawn(app.stop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    in_flight.write_all(&body[1024..]).await.unwrap();
+    let r = tokio::time::timeout(GENEROUS, read_response(&mut in_flight))
+        .await
+        .expect("answered")
+        .expect("a response, not a dropped connection");
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    tokio::time::timeout(GENEROUS, stopping)
+        .await
+        .expect("shutdown completes with a monitoring stream open")
+        .unwrap();
+    while stream.next(GENEROUS).await.is_some() {}
+    assert!(raw_connect_fails(&base).await, "no longer accepting");
+}
+
+async fn raw_connect_fails(base: &str) -> bool {
+    TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .is_err()
 }
