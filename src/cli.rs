@@ -73,6 +73,7 @@ async fn validate_command(args: crate::config::ValidateArgs) -> anyhow::Result<(
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log.log_format);
+    telemetry::log_panics();
     let (app, generated) = Application::build(&args).await?;
     print_generated(&generated);
     let demo = if args.demo {

@@ -9,6 +9,7 @@ mod hostile;
 mod limits;
 mod logging;
 mod monitoring;
+mod panics;
 mod seed;
 mod store;
 mod store_api;
