@@ -1,12 +1,14 @@
 //! Liveness, health and cache administration. `/healthz` checks nothing (an instance serving
 //! from cache during a database outage must stay in rotation); `/api/monitoring/health` checks
-//! the dependencies, each under a short timeout so that it never hangs when one does.
+//! the dependencies, each under a short timeout so that it never hangs when one does, and
+//! shares each check's result for a second between every caller.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -21,8 +23,57 @@ use crate::cache::Kind;
 
 /// No health check waits longer than this on a dependency.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// A health check's result is reused this long: probes and dashboards polling the public
+/// health endpoints cost the database and Redis one round trip per second between them, not
+/// one per request.
+const CHECK_REUSE: Duration = Duration::from_secs(1);
+
+/// A value computed at most once per [`CHECK_REUSE`], whoever asks: concurrent callers wait
+/// for the computation in progress and share its result.
+struct Shared<T> {
+    last: tokio::sync::Mutex<Option<(Instant, T)>>,
+}
+
+impl<T: Clone> Shared<T> {
+    fn new() -> Self {
+        Shared {
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get<F: std::future::Future<Output = T>>(&self, check: impl FnOnce() -> F) -> T {
+        let mut last = self.last.lock().await;
+        if let Some((at, value)) = &*last {
+            if at.elapsed() < CHECK_REUSE {
+                return value.clone();
+            }
+        }
+        let value = check().await;
+        *last = Some((Instant::now(), value.clone()));
+        value
+    }
+}
+
+/// The database check's result.
+#[derive(Clone, Copy)]
+struct DatabaseCheck {
+    error: Option<&'static str>,
+    latency_ms: f64,
+}
+
+/// The latest dependency checks, shared by the health endpoints.
+struct Checks {
+    database: Shared<DatabaseCheck>,
+    redis: Shared<Value>,
+}
+
+type SharedChecks = Extension<Arc<Checks>>;
 
 pub fn router() -> Router<AppState> {
+    let checks = Arc::new(Checks {
+        database: Shared::new(),
+        redis: Shared::new(),
+    });
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/monitoring/health", get(health))
@@ -35,6 +86,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/monitoring/stream", get(stream))
         .route("/metrics", get(prometheus))
         .route("/dashboard", get(dashboard))
+        .layer(Extension(checks))
 }
 
 async fn metrics_summary(State(state): State<AppState>) -> impl IntoResponse {
@@ -150,23 +202,37 @@ async fn redis_report(state: &AppState) -> Value {
     })
 }
 
-async fn redis_health(State(state): State<AppState>) -> impl IntoResponse {
-    Json(redis_report(&state).await)
+async fn redis_health(
+    State(state): State<AppState>,
+    Extension(checks): SharedChecks,
+) -> impl IntoResponse {
+    Json(checks.redis.get(|| redis_report(&state)).await)
 }
 
-async fn health(State(state): State<AppState>) -> impl IntoResponse {
+async fn database_check(state: &AppState) -> DatabaseCheck {
     let started = Instant::now();
-    let (db, redis) = tokio::join!(
-        tokio::time::timeout(CHECK_TIMEOUT, state.lookup.ping()),
-        redis_report(&state)
-    );
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (db_ok, db_error) = match db {
-        Ok(Ok(())) => (true, None),
-        Ok(Err(e)) if e.is_unavailable() => (false, Some("unreachable")),
-        Ok(Err(_)) => (false, Some("error")),
-        Err(_) => (false, Some("timed out")),
+    let result = tokio::time::timeout(CHECK_TIMEOUT, state.lookup.ping()).await;
+    let error = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) if e.is_unavailable() => Some("unreachable"),
+        Ok(Err(_)) => Some("error"),
+        Err(_) => Some("timed out"),
     };
+    DatabaseCheck {
+        error,
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+    }
+}
+
+async fn health(
+    State(state): State<AppState>,
+    Extension(checks): SharedChecks,
+) -> impl IntoResponse {
+    let (db, redis) = tokio::join!(
+        checks.database.get(|| database_check(&state)),
+        checks.redis.get(|| redis_report(&state))
+    );
+    let (db_ok, db_error, latency_ms) = (db.error.is_none(), db.error, db.latency_ms);
     let redis_enabled = redis["enabled"].as_bool().unwrap_or(false);
     let redis_ok = !redis_enabled || redis["connected"].as_bool().unwrap_or(false);
     // Without the database hotline can only serve what it has cached: unhealthy. Without

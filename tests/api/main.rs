@@ -9,6 +9,7 @@ mod hostile;
 mod limits;
 mod logging;
 mod monitoring;
+mod monitoring_load;
 mod panics;
 mod seed;
 mod store;
