@@ -29,27 +29,32 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 const CHECK_REUSE: Duration = Duration::from_secs(1);
 
 /// A value computed at most once per [`CHECK_REUSE`], whoever asks: concurrent callers wait
-/// for the computation in progress and share its result.
-struct Shared<T> {
-    last: tokio::sync::Mutex<Option<(Instant, T)>>,
+/// for the computation in progress and share its result. A result is reused only under the
+/// same key: what is known for free (the Redis breaker's state) is never reported stale.
+struct Shared<K, T> {
+    last: tokio::sync::Mutex<Option<(Instant, K, T)>>,
 }
 
-impl<T: Clone> Shared<T> {
+impl<K: PartialEq, T: Clone> Shared<K, T> {
     fn new() -> Self {
         Shared {
             last: tokio::sync::Mutex::new(None),
         }
     }
 
-    async fn get<F: std::future::Future<Output = T>>(&self, check: impl FnOnce() -> F) -> T {
+    async fn get<F: std::future::Future<Output = T>>(
+        &self,
+        key: K,
+        check: impl FnOnce() -> F,
+    ) -> T {
         let mut last = self.last.lock().await;
-        if let Some((at, value)) = &*last {
-            if at.elapsed() < CHECK_REUSE {
+        if let Some((at, k, value)) = &*last {
+            if *k == key && at.elapsed() < CHECK_REUSE {
                 return value.clone();
             }
         }
         let value = check().await;
-        *last = Some((Instant::now(), value.clone()));
+        *last = Some((Instant::now(), key, value.clone()));
         value
     }
 }
@@ -63,8 +68,9 @@ struct DatabaseCheck {
 
 /// The latest dependency checks, shared by the health endpoints.
 struct Checks {
-    database: Shared<DatabaseCheck>,
-    redis: Shared<Value>,
+    database: Shared<(), DatabaseCheck>,
+    /// Keyed by the breaker's state and whether invalidations are subscribed.
+    redis: Shared<(&'static str, bool), Value>,
 }
 
 type SharedChecks = Extension<Arc<Checks>>;
@@ -206,7 +212,20 @@ async fn redis_health(
     State(state): State<AppState>,
     Extension(checks): SharedChecks,
 ) -> impl IntoResponse {
-    Json(checks.redis.get(|| redis_report(&state)).await)
+    Json(shared_redis_report(&state, &checks).await)
+}
+
+/// The Redis report, shared for a second while the breaker's state stays the same.
+async fn shared_redis_report(state: &AppState, checks: &Checks) -> Value {
+    let cache = state.lookup.cache();
+    let key = (
+        cache.remote().map_or("off", |r| r.breaker.state().as_str()),
+        cache
+            .liveness()
+            .pubsub
+            .load(std::sync::atomic::Ordering::Acquire),
+    );
+    checks.redis.get(key, || redis_report(state)).await
 }
 
 async fn database_check(state: &AppState) -> DatabaseCheck {
@@ -229,8 +248,8 @@ async fn health(
     Extension(checks): SharedChecks,
 ) -> impl IntoResponse {
     let (db, redis) = tokio::join!(
-        checks.database.get(|| database_check(&state)),
-        checks.redis.get(|| redis_report(&state))
+        checks.database.get((), || database_check(&state)),
+        shared_redis_report(&state, &checks)
     );
     let (db_ok, db_error, latency_ms) = (db.error.is_none(), db.error, db.latency_ms);
     let redis_enabled = redis["enabled"].as_bool().unwrap_or(false);
