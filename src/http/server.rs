@@ -10,6 +10,8 @@
 //!   `HEADER_READ_TIMEOUT_S` of it starting to wait for them. It starts waiting as soon as a
 //!   connection is idle, so the same bound closes idle keep-alive connections; a load balancer
 //!   that reuses connections must use a shorter idle timeout than this.
+//! - A connection's read buffer is bounded ([`READ_BUFFER_MAX`]), so that what is read off
+//!   sockets and not yet handed to a handler is bounded too.
 //! - On shutdown the loop stops accepting, asks every connection to finish (hyper ends idle
 //!   ones at once and the others after their response), and returns once all are closed.
 //!   Streams that never end by themselves (SSE) end on the monitor's shutdown signal.
@@ -30,6 +32,11 @@ use tower::ServiceExt as _;
 
 use super::Limits;
 use crate::monitoring::metrics;
+
+/// The most a connection's read buffer grows to (hyper's default is about 400 KiB): what
+/// sockets hold beside the body budget is at most `MAX_CONNECTIONS` times this. Request heads
+/// must fit in it.
+const READ_BUFFER_MAX: usize = 64 * 1024;
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets open connections
 /// finish.
@@ -104,7 +111,8 @@ async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(READ_BUFFER_MAX);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     let mut stopping = false;
