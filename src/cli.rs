@@ -76,6 +76,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         e.exit();
     }
     telemetry::init(args.log.log_format);
+    telemetry::log_panics();
     let (app, generated) = Application::build(&args).await?;
     print_generated(&generated);
     let demo = if !args.demo {

@@ -333,6 +333,9 @@ pub struct ServeArgs {
     pub webhook_deadline_ms: u64,
 
     #[command(flatten)]
+    pub http: HttpLimitArgs,
+
+    #[command(flatten)]
     pub ttl: TtlArgs,
 
     /// How long past its TTL a value may be served while the database is failing.
@@ -381,6 +384,34 @@ fn parse_key_prefix(s: &str) -> Result<String, String> {
         return Err("must be 1 to 64 visible ASCII characters".into());
     }
     Ok(s.to_string())
+}
+
+/// What one client may make the server hold: time, connections, request bodies in memory.
+#[derive(Debug, Clone, Args)]
+pub struct HttpLimitArgs {
+    /// A request's headers must arrive within this many seconds of the connection waiting for
+    /// them (also how long an idle keep-alive connection stays open).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_S", default_value = "10", value_parser = parse_positive)]
+    pub header_read_timeout_s: u64,
+    /// A request's body must arrive in full within this many seconds of its headers.
+    #[arg(long, env = "BODY_TIMEOUT_S", default_value = "15", value_parser = parse_positive)]
+    pub body_timeout_s: u64,
+    /// Open connections at most; further ones wait in the listen backlog until one closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value = "512", value_parser = parse_positive)]
+    pub max_connections: u64,
+    /// MiB of request bodies held in memory at once, across all requests; a request that
+    /// would go past it is refused with 503.
+    #[arg(long, env = "BODY_BUDGET_MB", default_value = "64", value_parser = parse_budget_mb)]
+    pub body_budget_mb: u64,
+}
+
+fn parse_budget_mb(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if (1..=64 * 1024).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a whole number of MiB from 1 to 65536"
+        )),
+    }
 }
 
 /// Per-kind time to live, in seconds.
@@ -624,6 +655,12 @@ mod tests {
         assert!(parse_redis_url("rediss://h:6380").is_ok());
         assert!(parse_redis_url("http://h").is_err());
         assert!(parse_secret("short").is_err());
+        assert!(parse_budget_mb("0").is_err());
+        assert_eq!(parse_budget_mb("64"), Ok(64));
+        assert_eq!(
+            env_name_for("body-budget-mb").as_deref(),
+            Some("BODY_BUDGET_MB")
+        );
         assert_eq!(env_name_for("ttl-lead-s").as_deref(), Some("TTL_LEAD_S"));
         assert_eq!(
             env_name_in("validate", "url").as_deref(),

@@ -157,6 +157,7 @@ impl Application {
             default_region: args.default_region,
             webhook_deadline: args.webhook_deadline(),
             started_at: Instant::now(),
+            limits: http::Limits::from(&args.http),
         };
         let monitor = Monitor::new(MonitorConfig::from(&args.alerts));
         let store: DynStore = Arc::new(InstrumentedStore::new(store));
@@ -259,15 +260,15 @@ impl Application {
             redis_ms: redis.as_ref().and_then(|r| r.breaker.down_since_ms()),
             database_ms: Some(db_down.load(Ordering::Acquire)).filter(|t| *t > 0),
         }));
+        let limits = self.state.settings.limits;
         let router = http::router(self.state);
         // SSE streams end as soon as shutdown begins: graceful shutdown waits for every open
         // connection, and a stream never ends by itself.
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                monitor.shutdown();
-            })
-            .await;
+        let served = http::server::serve(self.listener, router, limits, async move {
+            shutdown.await;
+            monitor.shutdown();
+        })
+        .await;
         let _ = stop_tx.send(true);
         served
     }

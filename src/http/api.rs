@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::auth::Admin;
 use super::input::{Body, Field};
+use super::limits::BodyError;
 use super::{ApiError, AppState, Result};
 use crate::domain::{
     Channel, LeadPatch, LeadStatus, NewConversation, NewLead, NewOrganization, OrganizationPatch,
@@ -49,15 +50,19 @@ pub fn router() -> Router<AppState> {
 
 /// Reads a JSON object body, turning the extractor's rejections into JSON errors.
 pub(super) fn json_body(bytes: Result<Bytes, BytesRejection>) -> Result<Body> {
-    match bytes {
-        Ok(bytes) => Body::parse(&bytes),
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(ApiError::TooLarge {
-                limit: 2 * 1024 * 1024,
-            })
-        }
-        Err(_) => Err(ApiError::Malformed("The body could not be read.".into())),
+    let rejection = match bytes {
+        Ok(bytes) => return Body::parse(&bytes),
+        Err(rejection) => rejection,
+    };
+    if let Some(e) = BodyError::find(&rejection) {
+        return Err(e.to_api_error());
     }
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return Err(ApiError::TooLarge {
+            limit: 2 * 1024 * 1024,
+        });
+    }
+    Err(ApiError::Malformed("The body could not be read.".into()))
 }
 
 /// A path segment, taken as it comes: a segment axum cannot decode (not UTF-8) must still get a

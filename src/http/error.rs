@@ -27,6 +27,12 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
+    /// The body did not arrive in full within `BODY_TIMEOUT_S`.
+    #[error("The request body did not arrive in time.")]
+    RequestTimeout,
+    /// Request bodies in memory are at `BODY_BUDGET_MB`.
+    #[error("request body budget exhausted")]
+    Overloaded,
     /// A field has a wrong type or value.
     #[error("{0}")]
     Invalid(String),
@@ -57,8 +63,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) | ApiError::NotConfigured(_) => {
+            ApiError::Unavailable(_) | ApiError::NotConfigured(_) | ApiError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -73,6 +80,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::TooLarge { .. } => "payload_too_large",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::Overloaded => "overloaded",
             ApiError::Invalid(_) => "invalid_field",
             ApiError::Unavailable(_) => "service_unavailable",
             ApiError::NotConfigured(_) => "not_configured",
@@ -90,6 +99,9 @@ impl ApiError {
                 "A dependency is unavailable; nothing was changed. Try again shortly.".into()
             }
             ApiError::Internal(_) => "An internal error occurred.".into(),
+            ApiError::Overloaded => {
+                "The server is receiving too much at once; try again shortly.".into()
+            }
             other => other.to_string(),
         }
     }
@@ -143,6 +155,13 @@ impl IntoResponse for ApiError {
             response
                 .extensions_mut()
                 .insert(InternalDetail(self.to_string()));
+        }
+        if matches!(self, ApiError::RequestTimeout) {
+            // The rest of the body may still be on its way: this connection cannot be reused.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

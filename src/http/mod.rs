@@ -5,7 +5,9 @@ mod api;
 mod auth;
 pub mod error;
 pub mod input;
+pub mod limits;
 mod monitoring;
+pub mod server;
 mod webhooks;
 
 use std::sync::atomic::AtomicI64;
@@ -26,6 +28,7 @@ use crate::spool::Spool;
 use crate::supervise::Tasks;
 
 pub use error::{ApiError, Result};
+pub use limits::Limits;
 
 /// What the handlers share: cheap handles only.
 #[derive(Clone)]
@@ -51,9 +54,15 @@ pub struct Settings {
     pub default_region: Region,
     pub webhook_deadline: Duration,
     pub started_at: Instant,
+    /// Timeouts, the connection cap and the request body budget.
+    pub limits: Limits,
 }
 
 pub fn router(state: AppState) -> Router {
+    let guard = limits::BodyGuard {
+        budget: limits::BodyBudget::new(state.settings.limits.body_budget),
+        body_timeout: state.settings.limits.body_timeout,
+    };
     Router::new()
         .merge(webhooks::router())
         .merge(api::router())
@@ -61,13 +70,31 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         // After every merge: it applies to the routes registered before it.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Innermost, so that a panic becomes a 500 that the request log below still sees.
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(guard, limits::guard_body))
         .layer(middleware::from_fn_with_state(state.clone(), log_request))
-        .layer(CatchPanicLayer::custom(|_| {
-            axum::response::IntoResponse::into_response(ApiError::Internal(
-                "handler panicked".into(),
-            ))
-        }))
         .with_state(state)
+}
+
+/// Marks the 500 that stands for a panicked handler, for the request log.
+#[derive(Clone, Copy, Debug)]
+struct Panicked;
+
+/// The 500 of a panicked handler. Its message may hold anything the code formatted into it
+/// (personal data included), so it is logged at debug only; the request log records the route.
+fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    metrics::panicked();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::debug!(panic = %message, "handler panicked");
+    let mut response =
+        axum::response::IntoResponse::into_response(ApiError::Internal("handler panicked".into()));
+    response.extensions_mut().insert(Panicked);
+    response
 }
 
 /// One log line per request: method, route template, status, latency; a 5xx carries its
@@ -93,7 +120,9 @@ async fn log_request(State(state): State<AppState>, req: Request, next: Next) ->
             .monitor
             .record_request(&route, method.as_str(), status, elapsed);
     }
-    if let Some(detail) = response.extensions().get::<error::InternalDetail>() {
+    if response.extensions().get::<Panicked>().is_some() {
+        tracing::error!(%method, %route, status, latency_ms, "handler panicked");
+    } else if let Some(detail) = response.extensions().get::<error::InternalDetail>() {
         tracing::error!(%method, %route, status, latency_ms, error = %detail.0, "request failed");
     } else if route == "/healthz" {
         tracing::debug!(%method, %route, status, latency_ms, "request");

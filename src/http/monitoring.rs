@@ -1,12 +1,14 @@
 //! Liveness, health and cache administration. `/healthz` checks nothing (an instance serving
 //! from cache during a database outage must stay in rotation); `/api/monitoring/health` checks
-//! the dependencies, each under a short timeout so that it never hangs when one does.
+//! the dependencies, each under a short timeout so that it never hangs when one does, and
+//! shares each check's result for a second between every caller.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -21,8 +23,63 @@ use crate::cache::Kind;
 
 /// No health check waits longer than this on a dependency.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// A health check's result is reused this long: probes and dashboards polling the public
+/// health endpoints cost the database and Redis one round trip per second between them, not
+/// one per request.
+const CHECK_REUSE: Duration = Duration::from_secs(1);
+
+/// A value computed at most once per [`CHECK_REUSE`], whoever asks: concurrent callers wait
+/// for the computation in progress and share its result. A result is reused only under the
+/// same key: what is known for free (the Redis breaker's state) is never reported stale.
+struct Shared<K, T> {
+    last: tokio::sync::Mutex<Option<(Instant, K, T)>>,
+}
+
+impl<K: PartialEq, T: Clone> Shared<K, T> {
+    fn new() -> Self {
+        Shared {
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get<F: std::future::Future<Output = T>>(
+        &self,
+        key: K,
+        check: impl FnOnce() -> F,
+    ) -> T {
+        let mut last = self.last.lock().await;
+        if let Some((at, k, value)) = &*last {
+            if *k == key && at.elapsed() < CHECK_REUSE {
+                return value.clone();
+            }
+        }
+        let value = check().await;
+        *last = Some((Instant::now(), key, value.clone()));
+        value
+    }
+}
+
+/// The database check's result.
+#[derive(Clone, Copy)]
+struct DatabaseCheck {
+    error: Option<&'static str>,
+    latency_ms: f64,
+}
+
+/// The latest dependency checks, shared by the health endpoints.
+struct Checks {
+    database: Shared<(), DatabaseCheck>,
+    /// Keyed by the breaker's state and whether invalidations are subscribed.
+    redis: Shared<(&'static str, bool), Value>,
+}
+
+type SharedChecks = Extension<Arc<Checks>>;
 
 pub fn router() -> Router<AppState> {
+    let checks = Arc::new(Checks {
+        database: Shared::new(),
+        redis: Shared::new(),
+    });
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/monitoring/health", get(health))
@@ -35,6 +92,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/monitoring/stream", get(stream))
         .route("/metrics", get(prometheus))
         .route("/dashboard", get(dashboard))
+        .layer(Extension(checks))
 }
 
 async fn metrics_summary(State(state): State<AppState>) -> impl IntoResponse {
@@ -150,23 +208,50 @@ async fn redis_report(state: &AppState) -> Value {
     })
 }
 
-async fn redis_health(State(state): State<AppState>) -> impl IntoResponse {
-    Json(redis_report(&state).await)
+async fn redis_health(
+    State(state): State<AppState>,
+    Extension(checks): SharedChecks,
+) -> impl IntoResponse {
+    Json(shared_redis_report(&state, &checks).await)
 }
 
-async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    let started = Instant::now();
-    let (db, redis) = tokio::join!(
-        tokio::time::timeout(CHECK_TIMEOUT, state.lookup.ping()),
-        redis_report(&state)
+/// The Redis report, shared for a second while the breaker's state stays the same.
+async fn shared_redis_report(state: &AppState, checks: &Checks) -> Value {
+    let cache = state.lookup.cache();
+    let key = (
+        cache.remote().map_or("off", |r| r.breaker.state().as_str()),
+        cache
+            .liveness()
+            .pubsub
+            .load(std::sync::atomic::Ordering::Acquire),
     );
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let (db_ok, db_error) = match db {
-        Ok(Ok(())) => (true, None),
-        Ok(Err(e)) if e.is_unavailable() => (false, Some("unreachable")),
-        Ok(Err(_)) => (false, Some("error")),
-        Err(_) => (false, Some("timed out")),
+    checks.redis.get(key, || redis_report(state)).await
+}
+
+async fn database_check(state: &AppState) -> DatabaseCheck {
+    let started = Instant::now();
+    let result = tokio::time::timeout(CHECK_TIMEOUT, state.lookup.ping()).await;
+    let error = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) if e.is_unavailable() => Some("unreachable"),
+        Ok(Err(_)) => Some("error"),
+        Err(_) => Some("timed out"),
     };
+    DatabaseCheck {
+        error,
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+    }
+}
+
+async fn health(
+    State(state): State<AppState>,
+    Extension(checks): SharedChecks,
+) -> impl IntoResponse {
+    let (db, redis) = tokio::join!(
+        checks.database.get((), || database_check(&state)),
+        shared_redis_report(&state, &checks)
+    );
+    let (db_ok, db_error, latency_ms) = (db.error.is_none(), db.error, db.latency_ms);
     let redis_enabled = redis["enabled"].as_bool().unwrap_or(false);
     let redis_ok = !redis_enabled || redis["connected"].as_bool().unwrap_or(false);
     // Without the database hotline can only serve what it has cached: unhealthy. Without

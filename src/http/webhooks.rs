@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body as RawBody;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -19,6 +19,7 @@ use sha2::Sha256;
 
 use super::auth::WebhookCaller;
 use super::input::Body;
+use super::limits::{BodyError, BodyLedger};
 use super::{ApiError, AppState, Result};
 use crate::domain::{build_summary, Channel, Lead, LeadContext, Organization, Phone};
 use crate::lookup::Source;
@@ -31,8 +32,11 @@ pub const POST_CALL_PATH: &str = "/webhooks/elevenlabs/post-call";
 
 /// The initiation webhook's body limit.
 pub const INITIATION_BODY_LIMIT: usize = 64 * 1024;
-/// Post-call bodies up to this size are read; larger ones (audio) are hashed but not kept.
+/// Post-call bodies that may be a transcription are kept up to this size; larger ones, and
+/// every body that names another type, are hashed as they stream past and not kept.
 pub const POST_CALL_BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// The one post-call event type that is recorded (and so the one whose body is kept).
+const TRANSCRIPTION: &str = "post_call_transcription";
 /// How old (or how far ahead) a post-call signature's timestamp may be.
 pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(30 * 60);
 
@@ -55,9 +59,9 @@ async fn read_limited(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::TooLarge { limit });
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::TooLarge { limit })
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        BodyError::find(&e).map_or(ApiError::TooLarge { limit }, BodyError::to_api_error)
+    })
 }
 
 // Conversation initiation
@@ -251,29 +255,20 @@ fn parse_signature(headers: &HeaderMap) -> Option<Signature> {
     .filter(|s| !s.candidates.is_empty())
 }
 
-/// How much of a post-call body was kept.
-enum PostCallBody {
-    Kept(Vec<u8>),
-    /// Too large to keep; the first and the last bytes, to tell what kind of event it was
-    /// (JSON keys have no order: `type` may come before or after the large `data`).
-    Dropped {
-        head: Vec<u8>,
-        tail: Vec<u8>,
+/// What is kept of a post-call body as it streams in.
+enum Kept {
+    /// Every chunk so far: the body may be a transcription of a sane size.
+    Chunks {
+        chunks: Vec<axum::body::Bytes>,
+        len: usize,
     },
-}
-
-/// How many bytes of each end of a dropped post-call body are kept.
-const DROPPED_WINDOW: usize = 4096;
-
-/// Keeps only the last `DROPPED_WINDOW` bytes.
-fn keep_tail(tail: &mut Vec<u8>) {
-    if tail.len() > DROPPED_WINDOW {
-        tail.drain(..tail.len() - DROPPED_WINDOW);
-    }
+    /// Nothing: the body names another type, or is larger than a transcription may be.
+    Nothing { oversize: bool },
 }
 
 async fn post_call(
     State(state): State<AppState>,
+    ledger: Option<Extension<BodyLedger>>,
     headers: HeaderMap,
     body: RawBody,
 ) -> Result<Response> {
@@ -287,33 +282,46 @@ async fn post_call(
     if age > SIGNATURE_TOLERANCE.as_secs() {
         return Err(ApiError::Unauthorized);
     }
+    // Bytes this handler drops go back to the request body budget at once.
+    let release = |n: usize| {
+        if let Some(Extension(ledger)) = &ledger {
+            ledger.release(n);
+        }
+    };
 
-    // Hash the whole body as it streams in, keeping it only while it is of a sane size.
+    // Hash the whole body as it streams in (the signature covers all of it), and keep it only
+    // while it may be a transcription of a sane size: the sender is not known to be ElevenLabs
+    // until the last byte, and audio events are large.
     let mut mac = HmacSha256::new_from_slice(secret.expose().as_bytes())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     mac.update(signature.timestamp.to_string().as_bytes());
     mac.update(b".");
-    let mut kept = PostCallBody::Kept(Vec::new());
+    let mut scanner = TypeScanner::default();
+    let mut kept = Kept::Chunks {
+        chunks: Vec::new(),
+        len: 0,
+    };
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| ApiError::Malformed("The body could not be read.".into()))?;
+        let chunk = chunk.map_err(|e| match BodyError::find(&e) {
+            Some(b) => b.to_api_error(),
+            None => ApiError::Malformed("The body could not be read.".into()),
+        })?;
         mac.update(&chunk);
+        scanner.feed(&chunk);
+        let other_type = scanner.event_type().is_some_and(|t| t != TRANSCRIPTION);
         match &mut kept {
-            PostCallBody::Kept(buf) if buf.len() + chunk.len() > POST_CALL_BODY_LIMIT => {
-                let mut tail = buf.split_off(buf.len().saturating_sub(DROPPED_WINDOW));
-                tail.extend_from_slice(&chunk);
-                keep_tail(&mut tail);
-                buf.truncate(DROPPED_WINDOW);
-                kept = PostCallBody::Dropped {
-                    head: std::mem::take(buf),
-                    tail,
+            Kept::Chunks { len, .. } if other_type || *len + chunk.len() > POST_CALL_BODY_LIMIT => {
+                release(*len + chunk.len());
+                kept = Kept::Nothing {
+                    oversize: !other_type,
                 };
             }
-            PostCallBody::Kept(buf) => buf.extend_from_slice(&chunk),
-            PostCallBody::Dropped { tail, .. } => {
-                tail.extend_from_slice(&chunk);
-                keep_tail(tail);
+            Kept::Chunks { chunks, len } => {
+                *len += chunk.len();
+                chunks.push(chunk);
             }
+            Kept::Nothing { .. } => release(chunk.len()),
         }
     }
     let verified = signature
@@ -325,23 +333,33 @@ async fn post_call(
     }
 
     let bytes = match kept {
-        PostCallBody::Kept(bytes) => bytes,
-        PostCallBody::Dropped { head, tail } => {
-            // Audio events are large and not kept; anything else this large is refused.
-            let is_audio = [head, tail]
-                .iter()
-                .any(|end| String::from_utf8_lossy(end).contains("\"post_call_audio\""));
-            if is_audio {
-                return Ok(acknowledge("ignored"));
+        Kept::Chunks { chunks, len } => {
+            let mut bytes = Vec::with_capacity(len);
+            for chunk in chunks {
+                bytes.extend_from_slice(&chunk);
             }
-            return Err(ApiError::TooLarge {
-                limit: POST_CALL_BODY_LIMIT,
-            });
+            bytes
+        }
+        Kept::Nothing { oversize } => {
+            // Another type: acknowledged, never kept. A body too large to keep that does not
+            // say it is another type is refused.
+            return match scanner.event_type() {
+                Some(t) if t != TRANSCRIPTION => {
+                    tracing::info!(event_type = %sanitize_label(t), "post-call event acknowledged and ignored");
+                    Ok(acknowledge("ignored"))
+                }
+                _ => {
+                    debug_assert!(oversize);
+                    Err(ApiError::TooLarge {
+                        limit: POST_CALL_BODY_LIMIT,
+                    })
+                }
+            };
         }
     };
     let envelope = Body::parse(&bytes)?.into_map();
     let event_type = envelope.get("type").and_then(Value::as_str).unwrap_or("");
-    if event_type != "post_call_transcription" {
+    if event_type != TRANSCRIPTION {
         tracing::info!(event_type = %sanitize_label(event_type), "post-call event acknowledged and ignored");
         return Ok(acknowledge("ignored"));
     }
@@ -391,6 +409,125 @@ async fn apply_or_spool(
     }
 }
 
+/// Finds the `type` of a JSON object (its top-level `"type"` string) as the bytes stream
+/// past, without keeping them, wherever the key comes (JSON keys have no order: `type` may come
+/// before or after a large `data`). Only a plain string (no escapes, at most
+/// [`TypeScanner::MAX`] bytes) counts; anything else leaves the type unknown.
+#[derive(Debug, Default)]
+struct TypeScanner {
+    depth: u32,
+    top_is_object: bool,
+    in_string: bool,
+    escaped: bool,
+    /// Inside the top-level object, the next string is a key.
+    expect_key: bool,
+    /// The top-level key just read is `type`: its value comes next.
+    type_value_next: bool,
+    /// What the string being read is captured as.
+    capturing: Option<Capture>,
+    buf: Vec<u8>,
+    /// The string being captured cannot be taken as it is (escaped or too long).
+    spoiled: bool,
+    found: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Capture {
+    Key,
+    TypeValue,
+}
+
+impl TypeScanner {
+    const MAX: usize = 64;
+
+    fn event_type(&self) -> Option<&str> {
+        self.found.as_deref()
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        if self.found.is_some() {
+            return;
+        }
+        for &b in bytes {
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                    continue;
+                }
+                match b {
+                    b'\\' => {
+                        self.escaped = true;
+                        self.spoiled = true;
+                    }
+                    b'"' => {
+                        self.in_string = false;
+                        self.end_string();
+                        if self.found.is_some() {
+                            return;
+                        }
+                    }
+                    _ if self.capturing.is_some() => {
+                        if self.buf.len() < Self::MAX {
+                            self.buf.push(b);
+                        } else {
+                            self.spoiled = true;
+                        }
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            let top = self.depth == 1 && self.top_is_object;
+            match b {
+                b'"' => {
+                    self.in_string = true;
+                    self.buf.clear();
+                    self.spoiled = false;
+                    self.capturing = if top && self.expect_key {
+                        Some(Capture::Key)
+                    } else if top && self.type_value_next {
+                        Some(Capture::TypeValue)
+                    } else {
+                        None
+                    };
+                }
+                b'{' | b'[' => {
+                    if self.depth == 0 {
+                        self.top_is_object = b == b'{';
+                        self.expect_key = self.top_is_object;
+                    }
+                    if top {
+                        self.type_value_next = false;
+                    }
+                    self.depth += 1;
+                }
+                b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+                b',' if top => self.expect_key = true,
+                b' ' | b'\t' | b'\n' | b'\r' | b':' | b',' => {}
+                // A number or literal as the value of `type`: not a type.
+                _ if top => self.type_value_next = false,
+                _ => {}
+            }
+        }
+    }
+
+    fn end_string(&mut self) {
+        match self.capturing.take() {
+            Some(Capture::Key) => {
+                self.expect_key = false;
+                self.type_value_next = !self.spoiled && self.buf == b"type";
+            }
+            Some(Capture::TypeValue) => {
+                self.type_value_next = false;
+                if !self.spoiled {
+                    self.found = std::str::from_utf8(&self.buf).ok().map(str::to_owned);
+                }
+            }
+            None => {}
+        }
+    }
+}
+
 /// Event types are ElevenLabs' words; keep the log line short and printable.
 fn sanitize_label(s: &str) -> String {
     s.chars()
@@ -408,6 +545,57 @@ fn acknowledge(status: &'static str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scan(body: &str) -> Option<String> {
+        let mut s = TypeScanner::default();
+        s.feed(body.as_bytes());
+        s.event_type().map(str::to_owned)
+    }
+
+    #[test]
+    fn the_type_is_found_wherever_it_is_and_only_at_the_top() {
+        let cases: [(&str, Option<&str>); 12] = [
+            (
+                r#"{"type":"post_call_audio","data":{}}"#,
+                Some("post_call_audio"),
+            ),
+            (
+                r#"{"data":{"type":"twilio","x":[1,{"type":"no"}]}, "type" : "post_call_transcription"}"#,
+                Some("post_call_transcription"),
+            ),
+            (r#"{"data":"a \"type\": \"x\"","type":"t"}"#, Some("t")),
+            (r#"{"type":42,"x":"type"}"#, None),
+            (r#"{"type":{"a":"b"},"c":"d"}"#, None),
+            (r#"{"typ\u0065":"x"}"#, None),
+            (r#"{"type":"a\u005fb"}"#, None),
+            (r#"["type","x"]"#, None),
+            (r#"{"a":"type","b":"x"}"#, None),
+            (r#"{"a":["type","x"]}"#, None),
+            (r#"{"type":"x"#, None),
+            (r#"not json"#, None),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(scan(body).as_deref(), expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn the_type_is_found_across_chunk_boundaries() {
+        let body = r#"{"data":{"full_audio":"QUJD\"","type":"inner"},"type":"post_call_audio"}"#;
+        for split in 0..body.len() {
+            let mut s = TypeScanner::default();
+            s.feed(&body.as_bytes()[..split]);
+            s.feed(&body.as_bytes()[split..]);
+            assert_eq!(s.event_type(), Some("post_call_audio"), "split at {split}");
+        }
+        for size in 1..5 {
+            let mut s = TypeScanner::default();
+            for chunk in body.as_bytes().chunks(size) {
+                s.feed(chunk);
+            }
+            assert_eq!(s.event_type(), Some("post_call_audio"), "chunks of {size}");
+        }
+    }
 
     #[test]
     fn signature_header_parsing() {

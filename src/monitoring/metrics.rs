@@ -36,9 +36,13 @@ pub const POST_CALL_EVENTS: &str = "hotline_post_call_events_total";
 pub const BACKGROUND_RESTARTS: &str = "hotline_background_restarts_total";
 pub const SPOOL_DEPTH: &str = "hotline_spool_depth";
 pub const SPOOL_BYTES: &str = "hotline_spool_bytes";
+pub const BODY_BYTES_IN_FLIGHT: &str = "hotline_http_body_bytes_in_flight";
+pub const BODIES_REFUSED: &str = "hotline_http_bodies_refused_total";
+pub const CONNECTIONS_OPEN: &str = "hotline_http_connections_open";
+pub const PANICS: &str = "hotline_panics_total";
 
 /// Every family this module exports.
-pub const FAMILIES: [&str; 13] = [
+pub const FAMILIES: [&str; 17] = [
     CACHE_REQUESTS,
     CACHE_LOAD_DURATION,
     CACHE_INVALIDATIONS,
@@ -52,6 +56,10 @@ pub const FAMILIES: [&str; 13] = [
     BACKGROUND_RESTARTS,
     SPOOL_DEPTH,
     SPOOL_BYTES,
+    BODY_BYTES_IN_FLIGHT,
+    BODIES_REFUSED,
+    CONNECTIONS_OPEN,
+    PANICS,
 ];
 
 /// The `source` label of the invalidation counter.
@@ -70,6 +78,8 @@ pub const ANSWER_SOURCES: [&str; 5] = ["l1", "l2", "db", "stale", "default"];
 /// The `outcome` label of the post-call event counter: what the event was acknowledged as.
 pub const POST_CALL_OUTCOMES: [&str; 5] =
     ["recorded", "duplicate", "unmatched", "spooled", "ignored"];
+/// The `reason` label of the refused body counter.
+pub const BODY_REFUSAL_REASONS: [&str; 2] = ["over_budget", "timed_out"];
 
 /// Histogram buckets in seconds: fine enough for microsecond cache hits, wide enough for a
 /// database timing out.
@@ -89,6 +99,10 @@ struct Handles {
     answers: [Counter; 5],
     post_call: [Counter; 5],
     alert_firing: [Gauge; 5],
+    bodies_refused: [Counter; 2],
+    body_bytes_in_flight: Gauge,
+    connections_open: Gauge,
+    panics: Counter,
     redis_up: Gauge,
     redis_command: Histogram,
     spool_depth: Gauge,
@@ -186,6 +200,25 @@ fn describe() {
         Unit::Bytes,
         "Bytes of the post-call events waiting in the local spool (bounded by SPOOL_MAX_MB)."
     );
+    describe_gauge!(
+        BODY_BYTES_IN_FLIGHT,
+        Unit::Bytes,
+        "Bytes of request bodies held in memory now, across all requests (bounded by BODY_BUDGET_MB)."
+    );
+    describe_counter!(
+        BODIES_REFUSED,
+        Unit::Count,
+        "Request bodies cut short, by reason: over_budget (BODY_BUDGET_MB was full; answered 503), timed_out (not in full within BODY_TIMEOUT_S; answered 408)."
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "HTTP connections open now (at most MAX_CONNECTIONS)."
+    );
+    describe_counter!(
+        PANICS,
+        Unit::Count,
+        "Request handlers that panicked (each answered 500 and logged with its route)."
+    );
 }
 
 /// Registers every family at zero. A histogram with labels we cannot know in advance (routes,
@@ -202,15 +235,24 @@ fn register() -> Handles {
     let post_call =
         POST_CALL_OUTCOMES.map(|outcome| counter!(POST_CALL_EVENTS, "outcome" => outcome));
     let alert_firing = ALERT_NAMES.map(|alert| gauge!(ALERT_FIRING, "alert" => alert));
+    let bodies_refused =
+        BODY_REFUSAL_REASONS.map(|reason| counter!(BODIES_REFUSED, "reason" => reason));
+    let panics = counter!(PANICS);
     for c in cache_requests
         .iter()
         .flatten()
         .chain(&invalidations)
         .chain(&answers)
         .chain(&post_call)
+        .chain(&bodies_refused)
+        .chain(std::iter::once(&panics))
     {
         c.increment(0);
     }
+    let body_bytes_in_flight = gauge!(BODY_BYTES_IN_FLIGHT);
+    body_bytes_in_flight.increment(0.0);
+    let connections_open = gauge!(CONNECTIONS_OPEN);
+    connections_open.increment(0.0);
     for g in &alert_firing {
         g.set(0.0);
     }
@@ -231,6 +273,10 @@ fn register() -> Handles {
         answers,
         post_call,
         alert_firing,
+        bodies_refused,
+        body_bytes_in_flight,
+        connections_open,
+        panics,
         redis_up,
         redis_command: histogram!(REDIS_COMMAND_DURATION),
         spool_depth,
@@ -376,6 +422,35 @@ pub fn spool_usage(depth: u64, bytes: u64) {
     if let Some(h) = handles() {
         h.spool_depth.set(depth as f64);
         h.spool_bytes.set(bytes as f64);
+    }
+}
+
+/// Request body bytes taken from (positive) or given back to (negative) the budget. Several
+/// instances in one process add up.
+pub fn body_bytes_in_flight(delta: f64) {
+    if let Some(h) = handles() {
+        h.body_bytes_in_flight.increment(delta);
+    }
+}
+
+/// A request body cut short: `reason` one of [`BODY_REFUSAL_REASONS`].
+pub fn body_refused(reason: &str) {
+    if let (Some(h), Some(r)) = (handles(), index(&BODY_REFUSAL_REASONS, reason)) {
+        h.bodies_refused[r].increment(1);
+    }
+}
+
+/// A connection opened (`1.0`) or closed (`-1.0`).
+pub fn connections_open(delta: f64) {
+    if let Some(h) = handles() {
+        h.connections_open.increment(delta);
+    }
+}
+
+/// A request handler panicked.
+pub fn panicked() {
+    if let Some(h) = handles() {
+        h.panics.increment(1);
     }
 }
 

@@ -25,7 +25,7 @@
 //!   `null`, not 0: "no data" must not read as "0 % hit rate" or "0 ms".
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -262,6 +262,13 @@ struct Routes {
 }
 
 impl Routes {
+    fn find(&self, route: &str, method: &str) -> Option<usize> {
+        self.by_route
+            .get(route)
+            .and_then(|ms| ms.iter().find(|(m, _)| &**m == method))
+            .map(|(_, id)| *id)
+    }
+
     fn id(&mut self, route: &str, method: &str) -> usize {
         if let Some(id) = self
             .by_route
@@ -294,23 +301,13 @@ impl Routes {
     }
 }
 
-#[derive(Debug)]
-struct Ring {
-    slots: Vec<Slot>,
-    routes: Routes,
-}
-
-impl Ring {
-    fn slot(&mut self, now_s: u64) -> &mut Slot {
-        let slot = &mut self.slots[(now_s % WINDOW_S) as usize];
-        if slot.second != now_s {
-            slot.reset(now_s);
+impl Slot {
+    /// This slot as the one for `now_s`: reset first if it still holds an older second.
+    fn claim(&mut self, now_s: u64) -> &mut Slot {
+        if self.second == EMPTY || self.second < now_s {
+            self.reset(now_s);
         }
-        slot
-    }
-
-    fn live(&self, now_s: u64) -> impl Iterator<Item = &Slot> {
-        self.slots.iter().filter(move |s| s.in_window(now_s))
+        self
     }
 }
 
@@ -349,12 +346,19 @@ pub struct WindowSummary {
     pub cache_requests: u64,
 }
 
-/// Rolling one-minute statistics. Each record takes one uncontended mutex for a few dozen
-/// nanoseconds (`hotline bench --scenario instrumentation` measures it).
+/// Rolling one-minute statistics.
+///
+/// Each one-second slot has a lock of its own, and the route names another: a record takes the
+/// lock of the current second's slot (and, once per new route, the names' write lock) for a few
+/// dozen nanoseconds (`hotline bench --scenario instrumentation` measures it). A reader takes
+/// one slot's lock at a time, merges that slot and lets go, so building a snapshot (sixty
+/// slots of histograms) never holds up the requests being recorded: at worst one waits while
+/// the reader merges the current second's slot.
 #[derive(Debug)]
 pub struct Window {
     started: Instant,
-    ring: Mutex<Ring>,
+    slots: Box<[Mutex<Slot>]>,
+    routes: RwLock<Routes>,
 }
 
 impl Default for Window {
@@ -367,10 +371,8 @@ impl Window {
     pub fn new() -> Self {
         Window {
             started: Instant::now(),
-            ring: Mutex::new(Ring {
-                slots: (0..WINDOW_S).map(|_| Slot::new()).collect(),
-                routes: Routes::default(),
-            }),
+            slots: (0..WINDOW_S).map(|_| Mutex::new(Slot::new())).collect(),
+            routes: RwLock::new(Routes::default()),
         }
     }
 
@@ -379,9 +381,45 @@ impl Window {
         self.started.elapsed().as_secs()
     }
 
-    fn ring(&self) -> MutexGuard<'_, Ring> {
-        // A panic while holding the lock leaves at worst a half-counted record: keep going.
-        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
+    // A panic while holding a lock leaves at worst a half-counted record: keep going.
+
+    fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+        slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The slot of `now_s`, locked.
+    fn slot(&self, now_s: u64) -> MutexGuard<'_, Slot> {
+        let mut slot = Self::lock(&self.slots[(now_s % WINDOW_S) as usize]);
+        slot.claim(now_s);
+        slot
+    }
+
+    /// Runs `f` on each slot in the window at `now_s`, one lock at a time, and `between` after
+    /// each with no lock held.
+    fn each_live(&self, now_s: u64, mut f: impl FnMut(&Slot), mut between: impl FnMut()) {
+        for slot in self.slots.iter() {
+            {
+                let slot = Self::lock(slot);
+                if slot.in_window(now_s) {
+                    f(&slot);
+                }
+            }
+            between();
+        }
+    }
+
+    fn route_id(&self, route: &str, method: &str) -> usize {
+        let known = self
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .find(route, method);
+        known.unwrap_or_else(|| {
+            self.routes
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .id(route, method)
+        })
     }
 
     /// One HTTP response: `route` is the route template (never a raw path), a 5xx counts as
@@ -401,9 +439,8 @@ impl Window {
         let ns = nanos(d);
         let bucket = bucket_of(ns);
         let error = status >= 500;
-        let mut ring = self.ring();
-        let id = ring.routes.id(route, method);
-        let slot = ring.slot(now_s);
+        let id = self.route_id(route, method);
+        let mut slot = self.slot(now_s);
         slot.requests.record(ns, bucket);
         slot.errors += u64::from(error);
         if slot.routes.len() <= id {
@@ -427,7 +464,7 @@ impl Window {
         let (Some(k), Some(r)) = (kind_index(kind), result_index(result)) else {
             return;
         };
-        self.ring().slot(now_s).cache[k][r] += 1;
+        self.slot(now_s).cache[k][r] += 1;
     }
 
     /// One load from the store for a cache kind.
@@ -441,7 +478,7 @@ impl Window {
         };
         let ns = nanos(d);
         let bucket = bucket_of(ns);
-        self.ring().slot(now_s).loads[k]
+        self.slot(now_s).loads[k]
             .get_or_insert_with(Hist::new)
             .record(ns, bucket);
     }
@@ -454,8 +491,7 @@ impl Window {
     pub fn record_redis_at(&self, now_s: u64, d: Duration) {
         let ns = nanos(d);
         let bucket = bucket_of(ns);
-        self.ring()
-            .slot(now_s)
+        self.slot(now_s)
             .redis
             .get_or_insert_with(Hist::new)
             .record(ns, bucket);
@@ -467,7 +503,9 @@ impl Window {
     }
 
     pub fn requests_in_window_at(&self, now_s: u64) -> u64 {
-        self.ring().live(now_s).map(|s| s.requests.count).sum()
+        let mut requests = 0;
+        self.each_live(now_s, |slot| requests += slot.requests.count, || {});
+        requests
     }
 
     /// Seconds the window covers at `now_s`: the full window, or less just after start.
@@ -484,9 +522,9 @@ impl Window {
         let mut redis = Hist::new();
         let mut errors = 0;
         let mut cache = [0u64; 4];
-        {
-            let ring = self.ring();
-            for slot in ring.live(now_s) {
+        self.each_live(
+            now_s,
+            |slot| {
                 requests.merge(&slot.requests);
                 errors += slot.errors;
                 for per_kind in &slot.cache {
@@ -497,8 +535,9 @@ impl Window {
                 if let Some(h) = &slot.redis {
                     redis.merge(h);
                 }
-            }
-        }
+            },
+            || {},
+        );
         let [l1, l2, miss, stale] = cache;
         let lookups = l1 + l2 + miss + stale;
         WindowSummary {
@@ -529,49 +568,60 @@ impl Window {
     }
 
     pub fn performance_at(&self, now_s: u64) -> Value {
+        self.performance_observed(now_s, || {})
+    }
+
+    /// [`Window::performance_at`], calling `between` after each slot is merged, with no lock
+    /// held (the tests record from there).
+    fn performance_observed(&self, now_s: u64, between: impl FnMut()) -> Value {
         let span = Self::span_s(now_s) as f64;
-        let ring = self.ring();
-        let mut routes: Vec<(usize, Hist, u64)> = Vec::new();
+        // By route id: the merged histogram and the errors.
+        let mut by_route: Vec<Option<(Hist, u64)>> = Vec::new();
         let mut loads: Vec<Hist> = (0..KINDS.len()).map(|_| Hist::new()).collect();
         let mut cache = [[0u64; 4]; KINDS.len()];
         let mut redis = Hist::new();
-        for slot in ring.live(now_s) {
-            for (id, stat) in slot.routes.iter().enumerate() {
-                let Some(stat) = stat else { continue };
-                if stat.hist.count == 0 {
-                    continue;
-                }
-                match routes.iter_mut().find(|(i, ..)| *i == id) {
-                    Some((_, h, e)) => {
-                        h.merge(&stat.hist);
-                        *e += stat.errors;
+        self.each_live(
+            now_s,
+            |slot| {
+                for (id, stat) in slot.routes.iter().enumerate() {
+                    let Some(stat) = stat else { continue };
+                    if stat.hist.count == 0 {
+                        continue;
                     }
-                    None => {
-                        let mut h = Hist::new();
-                        h.merge(&stat.hist);
-                        routes.push((id, h, stat.errors));
+                    if by_route.len() <= id {
+                        by_route.resize_with(id + 1, || None);
+                    }
+                    let (h, e) = by_route[id].get_or_insert_with(|| (Hist::new(), 0));
+                    h.merge(&stat.hist);
+                    *e += stat.errors;
+                }
+                for (total, h) in loads.iter_mut().zip(&slot.loads) {
+                    if let Some(h) = h {
+                        total.merge(h);
                     }
                 }
-            }
-            for (total, h) in loads.iter_mut().zip(&slot.loads) {
-                if let Some(h) = h {
-                    total.merge(h);
+                for (total, per_kind) in cache.iter_mut().zip(&slot.cache) {
+                    for (t, n) in total.iter_mut().zip(per_kind) {
+                        *t += n;
+                    }
                 }
-            }
-            for (total, per_kind) in cache.iter_mut().zip(&slot.cache) {
-                for (t, n) in total.iter_mut().zip(per_kind) {
-                    *t += n;
+                if let Some(h) = &slot.redis {
+                    redis.merge(h);
                 }
-            }
-            if let Some(h) = &slot.redis {
-                redis.merge(h);
-            }
-        }
+            },
+            between,
+        );
+        let mut routes: Vec<(usize, Hist, u64)> = by_route
+            .into_iter()
+            .enumerate()
+            .filter_map(|(id, stat)| stat.map(|(h, e)| (id, h, e)))
+            .collect();
         routes.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0)));
+        let names = self.routes.read().unwrap_or_else(PoisonError::into_inner);
         let routes: Vec<Value> = routes
             .iter()
             .map(|(id, h, errors)| {
-                let (route, method) = &ring.routes.names[*id];
+                let (route, method) = &names.names[*id];
                 json!({
                     "route": &**route,
                     "method": &**method,
@@ -586,7 +636,7 @@ impl Window {
                 })
             })
             .collect();
-        drop(ring);
+        drop(names);
         let mut kinds = Map::new();
         for (i, kind) in KINDS.iter().enumerate() {
             let [l1, l2, miss, stale] = cache[i];
@@ -823,6 +873,54 @@ mod tests {
         assert_eq!(p["kinds"]["context"]["load_p99_ms"], Value::Null);
         assert_eq!(p["redis"]["commands"], 1);
         assert_eq!(p["redis"]["max_ms"], 0.3);
+    }
+
+    #[test]
+    fn recording_goes_on_while_a_snapshot_is_being_built() {
+        // The reader calls back after each slot it merged; from there this thread records
+        // into the current second (the slot a reader would hold last) and a route never seen
+        // (the names' write lock). Were any lock held across the snapshot, the record would
+        // wait for it forever: the thread would never answer.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let w = Window::new();
+            for s in 0..WINDOW_S {
+                w.record_request_at(s, "/old", "GET", 200, ms_d(1));
+            }
+            let now = WINDOW_S - 1;
+            let mut recorded = 0u64;
+            let p = w.performance_observed(now, || {
+                w.record_request_at(now, "/during", "POST", 500, ms_d(2));
+                w.record_cache_at(now, "lead", "l1_hit");
+                recorded += 1;
+            });
+            // The snapshot is consistent with some moment of its build: whole slots.
+            let old = p["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["route"] == "/old")
+                .unwrap()["count"]
+                .as_u64()
+                .unwrap();
+            let after = w.performance_at(now);
+            done.send((old, recorded, after)).unwrap();
+        });
+        let (old, recorded, after) = finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("recording never waited for the snapshot");
+        assert_eq!(old, WINDOW_S);
+        assert_eq!(recorded, WINDOW_S);
+        let during = after["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == "/during")
+            .unwrap()
+            .clone();
+        assert_eq!(during["count"], WINDOW_S);
+        assert_eq!(during["error_rate_pct"], 100.0);
+        assert_eq!(after["kinds"]["lead"]["hits_l1"], WINDOW_S);
     }
 
     #[test]

@@ -52,12 +52,42 @@ impl Calls {
 pub struct CountingStore {
     inner: DynStore,
     calls: Arc<Calls>,
+    /// A method that panics, with this message, instead of answering: a bug, to test what a
+    /// panicking handler leaves behind.
+    panics: Option<(Method, String)>,
 }
 
 impl CountingStore {
     /// Wraps `inner`, counting into `calls` (which the test keeps).
     pub fn new(inner: DynStore, calls: Arc<Calls>) -> CountingStore {
-        CountingStore { inner, calls }
+        CountingStore {
+            inner,
+            calls,
+            panics: None,
+        }
+    }
+
+    /// As [`CountingStore::new`], with `method` panicking with `message` every time.
+    pub fn panicking(
+        inner: DynStore,
+        calls: Arc<Calls>,
+        method: Method,
+        message: String,
+    ) -> CountingStore {
+        CountingStore {
+            inner,
+            calls,
+            panics: Some((method, message)),
+        }
+    }
+
+    fn count(&self, method: Method) {
+        self.calls.count(method);
+        if let Some((panicking, message)) = &self.panics {
+            if *panicking == method {
+                panic!("{message}");
+            }
+        }
     }
 }
 
@@ -76,22 +106,22 @@ impl Store for CountingStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.calls.count(Method::Ping);
+        self.count(Method::Ping);
         self.inner.ping().await
     }
 
     async fn create_organization(&self, new: NewOrganization) -> StoreResult<Organization> {
-        self.calls.count(Method::CreateOrganization);
+        self.count(Method::CreateOrganization);
         self.inner.create_organization(new).await
     }
 
     async fn organization(&self, id: Uuid) -> StoreResult<Organization> {
-        self.calls.count(Method::Organization);
+        self.count(Method::Organization);
         self.inner.organization(id).await
     }
 
     async fn organization_by_phone(&self, phone: &Phone) -> StoreResult<Option<Organization>> {
-        self.calls.count(Method::OrganizationByPhone);
+        self.count(Method::OrganizationByPhone);
         self.inner.organization_by_phone(phone).await
     }
 
@@ -100,22 +130,22 @@ impl Store for CountingStore {
         id: Uuid,
         patch: OrganizationPatch,
     ) -> StoreResult<Change<Organization>> {
-        self.calls.count(Method::UpdateOrganization);
+        self.count(Method::UpdateOrganization);
         self.inner.update_organization(id, patch).await
     }
 
     async fn delete_organization(&self, id: Uuid) -> StoreResult<Organization> {
-        self.calls.count(Method::DeleteOrganization);
+        self.count(Method::DeleteOrganization);
         self.inner.delete_organization(id).await
     }
 
     async fn create_lead(&self, new: NewLead) -> StoreResult<Lead> {
-        self.calls.count(Method::CreateLead);
+        self.count(Method::CreateLead);
         self.inner.create_lead(new).await
     }
 
     async fn lead(&self, id: Uuid) -> StoreResult<Lead> {
-        self.calls.count(Method::Lead);
+        self.count(Method::Lead);
         self.inner.lead(id).await
     }
 
@@ -124,22 +154,22 @@ impl Store for CountingStore {
         organization_id: Uuid,
         phone: &Phone,
     ) -> StoreResult<Option<Lead>> {
-        self.calls.count(Method::LeadByPhone);
+        self.count(Method::LeadByPhone);
         self.inner.lead_by_phone(organization_id, phone).await
     }
 
     async fn update_lead(&self, id: Uuid, patch: LeadPatch) -> StoreResult<Change<Lead>> {
-        self.calls.count(Method::UpdateLead);
+        self.count(Method::UpdateLead);
         self.inner.update_lead(id, patch).await
     }
 
     async fn delete_lead(&self, id: Uuid) -> StoreResult<Lead> {
-        self.calls.count(Method::DeleteLead);
+        self.count(Method::DeleteLead);
         self.inner.delete_lead(id).await
     }
 
     async fn create_conversation(&self, new: NewConversation) -> StoreResult<Conversation> {
-        self.calls.count(Method::CreateConversation);
+        self.count(Method::CreateConversation);
         self.inner.create_conversation(new).await
     }
 
@@ -149,22 +179,22 @@ impl Store for CountingStore {
         limit: i64,
         offset: i64,
     ) -> StoreResult<Vec<Conversation>> {
-        self.calls.count(Method::Conversations);
+        self.count(Method::Conversations);
         self.inner.conversations(lead_id, limit, offset).await
     }
 
     async fn conversation_stats(&self, lead_id: Uuid) -> StoreResult<ConversationStats> {
-        self.calls.count(Method::ConversationStats);
+        self.count(Method::ConversationStats);
         self.inner.conversation_stats(lead_id).await
     }
 
     async fn record_call(&self, call: CallRecord) -> StoreResult<CallOutcome> {
-        self.calls.count(Method::RecordCall);
+        self.count(Method::RecordCall);
         self.inner.record_call(call).await
     }
 
     async fn recently_active_leads(&self, limit: i64) -> StoreResult<Vec<Uuid>> {
-        self.calls.count(Method::RecentlyActiveLeads);
+        self.count(Method::RecentlyActiveLeads);
         self.inner.recently_active_leads(limit).await
     }
 }

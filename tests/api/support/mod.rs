@@ -4,4 +4,5 @@ pub mod counting;
 pub mod db;
 pub mod hook;
 pub mod infra;
+pub mod raw;
 pub mod sse;
