@@ -236,23 +236,28 @@ impl Application {
             &self.state.tasks,
             stop_rx.clone(),
         );
-        tokio::spawn(postcall::drain_spool(
+        let (l, spool, region, stop) = (
             lookup.clone(),
             self.state.spool.clone(),
             self.state.settings.default_region,
-            stop_rx,
-        ));
+            stop_rx.clone(),
+        );
+        self.state.tasks.spawn("spool_drainer", stop_rx, move || {
+            postcall::drain_spool(l.clone(), spool.clone(), region, stop.clone())
+        });
         if self.background.warm_leads > 0 {
             let warm = self.background.warm_leads;
             tokio::spawn(async move {
                 lookup.warm_at_start(warm, WARM_WAIT_AT_MOST).await;
             });
         }
-        tokio::spawn(probe_database(
-            self.store.clone(),
-            self.state.db_down_since_ms.clone(),
-            stop_rx_db,
-        ));
+        let (store, down) = (self.store.clone(), self.state.db_down_since_ms.clone());
+        let stop = stop_rx_db.clone();
+        self.state
+            .tasks
+            .spawn("database_probe", stop_rx_db, move || {
+                probe_database(store.clone(), down.clone(), stop.clone())
+            });
         let monitor = self.state.monitor.clone();
         let redis = self.state.lookup.cache().remote().cloned();
         let db_down = self.state.db_down_since_ms.clone();

@@ -256,7 +256,10 @@ async fn health(
     let redis_ok = !redis_enabled || redis["connected"].as_bool().unwrap_or(false);
     // Without the database hotline can only serve what it has cached: unhealthy. Without
     // Redis it serves from tier 1 and the database: degraded.
-    let status = match (db_ok, redis_ok) {
+    // A background task that is not running (it panicked and waits to be restarted) leaves
+    // the instance serving, but without something it relies on: degraded.
+    let tasks_ok = state.tasks.all_running();
+    let status = match (db_ok, redis_ok && tasks_ok) {
         (false, _) => "unhealthy",
         (true, false) => "degraded",
         (true, true) => "healthy",
@@ -282,6 +285,10 @@ async fn health(
                 "error": db_error,
             },
             "redis": redis_check,
+            "background": {
+                "status": if tasks_ok { "up" } else { "down" },
+                "tasks": state.tasks.report(),
+            },
         },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": state.settings.started_at.elapsed().as_secs(),

@@ -476,3 +476,33 @@ async fn an_instance_skips_the_change_notifications_of_its_own_writes() {
     );
     assert!(a.cache.invalidations(InvalidationSource::Write) > 0);
 }
+
+#[tokio::test]
+async fn health_reports_every_background_task_and_whether_it_runs() {
+    let db = Arc::new(TestDb::postgres().await);
+    let flags = roomy_deadline(redis_flags(&redis_url(), &unique_prefix()));
+    let a = spawn_app_on(db, &strs(&flags)).await;
+    wait_live(&a).await;
+    let r = a
+        .client
+        .get(a.url("/api/monitoring/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let background = &body["checks"]["background"];
+    assert_eq!(background["status"], "up", "{body}");
+    for task in [
+        "redis_probe",
+        "redis_subscriber",
+        "generation_sweep",
+        "database_listener",
+        "database_probe",
+        "spool_drainer",
+    ] {
+        let t = &background["tasks"][task];
+        assert_eq!(t["running"], true, "{task}: {body}");
+        assert_eq!(t["restarts"], 0, "{task}: {body}");
+    }
+}

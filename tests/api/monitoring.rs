@@ -1035,7 +1035,11 @@ async fn health_is_degraded_without_redis_and_says_why() {
         (200, Some("healthy")),
         "{health}"
     );
-    assert_eq!(keys(&health["checks"]), ["database", "redis"], "{health}");
+    assert_eq!(
+        keys(&health["checks"]),
+        ["background", "database", "redis"],
+        "{health}"
+    );
     assert!(
         health["version"].is_string() && health["uptime_s"].is_u64(),
         "{health}"
