@@ -170,7 +170,14 @@ fn parse_scheme_url(s: &str, schemes: &[&str]) -> Result<SchemeUrl, String> {
 }
 
 fn parse_redis_url(s: &str) -> Result<SchemeUrl, String> {
-    parse_scheme_url(s, &["redis", "rediss"])
+    let url = parse_scheme_url(s, &["redis", "rediss"])?;
+    // With RESP3, the client reconnects on its own when a connection drops, without any command
+    // failing: hotline would not know to verify the server behind the new connection (a
+    // restart with old data, a failover) before trusting it. RESP2 reports the drop.
+    if s.to_ascii_lowercase().contains("protocol=resp3") {
+        return Err("must not ask for protocol=resp3 (hotline verifies every new Redis connection, which needs RESP2)".into());
+    }
+    Ok(url)
 }
 
 fn parse_http_url(s: &str) -> Result<SchemeUrl, String> {
@@ -626,6 +633,14 @@ mod tests {
             .is_ok());
         assert!("mysql://localhost/db".parse::<DatabaseUrl>().is_err());
         assert!("hotline.db".parse::<DatabaseUrl>().is_err());
+    }
+
+    #[test]
+    fn redis_urls_must_leave_reconnects_to_hotline() {
+        assert!(parse_redis_url("redis://127.0.0.1:6379/0").is_ok());
+        assert!(parse_redis_url("rediss://cache.example:6380").is_ok());
+        assert!(parse_redis_url("redis://127.0.0.1:6379/0?protocol=resp3").is_err());
+        assert!(parse_redis_url("http://127.0.0.1:6379").is_err());
     }
 
     #[test]
