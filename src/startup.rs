@@ -231,7 +231,6 @@ impl Application {
                 listen_url: self.background.listen_url,
                 region: self.state.settings.default_region,
                 listen_heartbeat: self.background.listen_heartbeat,
-                own_sessions: self.store.session_name(),
             },
             &self.state.tasks,
             stop_rx.clone(),

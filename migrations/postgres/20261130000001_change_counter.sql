@@ -19,6 +19,11 @@ begin
 end
 $$;
 
+-- Other roles write these tables too (the Supabase dashboard, other services): the trigger runs
+-- with their privileges, and a listener may connect as yet another role. Advancing or reading
+-- the counter must never fail their statements.
+grant usage, select on sequence hotline_change_seq to public;
+
 create trigger organizations_change_count after insert or update or delete or truncate
     on organizations for each statement execute function hotline_count_change();
 create trigger leads_change_count after insert or update or delete or truncate

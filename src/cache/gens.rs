@@ -256,6 +256,7 @@ impl Generations {
                             // Cache only if no flush happened meanwhile.
                             let cacheable = self.flush_count() == before;
                             let awaiting = self.awaiting_echo.lock().expect("not poisoned");
+                            let pending = self.pending.lock().expect("not poisoned");
                             for (n, i) in fetch.into_iter().enumerate() {
                                 let (key, v) = (&keys[i], values[n]);
                                 out[i] = Some(if !cacheable {
@@ -264,6 +265,7 @@ impl Generations {
                                     // Our own bump in flight is newer than what Redis said.
                                     match awaiting.get(key) {
                                         Some(_) => self.local_value(key),
+                                        None if pending.keeps_local(key) => self.local_value(key),
                                         None => {
                                             self.mirror.insert(key.clone(), v);
                                             v
@@ -398,6 +400,7 @@ impl Generations {
             self.flush();
         }
         let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
+        let pending = self.pending.lock().expect("not poisoned");
         let changes = message
             .gens
             .iter()
@@ -408,9 +411,10 @@ impl Generations {
                 if awaiting.get(k) == Some(&v) {
                     awaiting.remove(k);
                 }
-            } else if !awaiting.contains_key(k) {
+            } else if !awaiting.contains_key(k) && !pending.keeps_local(k) {
                 // While our own bump of `k` is in flight, anything from others that arrives
-                // first ran before it in Redis: older than ours.
+                // first ran before it in Redis: older than ours. A bump of ours that waits to
+                // be replayed will be newer than anything Redis holds now.
                 let v = if v == REMOVED { new_value() } else { v };
                 self.mirror.insert(k.clone(), v);
             }
@@ -426,11 +430,20 @@ impl Generations {
         self.flushes.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Continuity with Redis was broken (a new server, a failover) and every kind was given a
-    /// new generation there: what was mirrored and what waited to be replayed is moot, except
-    /// deletions of personal data, which are still owed.
-    pub fn forget_for_new_server(&self, tags_changed: bool) {
+    /// Continuity with Redis was broken (a new server, a failover): the mirror is dropped. When
+    /// this instance's own handshake gave every kind a new generation (`renewed_here`), what
+    /// waited to be replayed is moot (every entry filled before is invalid), except deletions
+    /// of personal data, which are still owed.
+    pub fn forget_for_new_server(&self, renewed_here: bool, tags_changed: bool) {
         self.flush();
+        if !renewed_here {
+            // Another instance renewed the generations first: changes made here since may be
+            // newer than entries it filled, so they are still replayed.
+            if tags_changed {
+                self.retag_pending();
+            }
+            return;
+        }
         let mut pending = self.pending.lock().expect("not poisoned");
         let deletes = std::mem::take(&mut pending.deletes);
         let removed = std::mem::take(&mut pending.removed);
@@ -559,13 +572,6 @@ impl Generations {
         };
         let removed: Vec<GenKey> = owed.removed.iter().cloned().collect();
         let deletes: Vec<String> = owed.deletes.iter().cloned().collect();
-        if owed.purge {
-            for pattern in LEAD_PATTERNS {
-                if remote.purge(pattern).await.is_err() {
-                    return false;
-                }
-            }
-        }
         let chunks = gens
             .len()
             .max(removed.len())
@@ -611,7 +617,21 @@ impl Generations {
                 return false;
             }
         }
+        // After the bumps: a purge scans the keyspace, and until the generations are
+        // replayed, entries in Redis could be read as current.
+        if owed.purge {
+            for pattern in LEAD_PATTERNS {
+                if remote.purge(pattern).await.is_err() {
+                    return false;
+                }
+            }
+        }
         true
+    }
+
+    /// Every lead's cached data must leave Redis and could not now: owed until it answers.
+    pub fn owe_purge(&self) {
+        self.pending.lock().expect("not poisoned").purge = true;
     }
 }
 

@@ -354,7 +354,7 @@ impl Cache {
                 "redis is not the server the cache was verified against; every cached entry is invalid"
             );
             self.count_invalidation(&Kind::ALL.map(GenKey::Kind), InvalidationSource::Continuity);
-            self.gens.forget_for_new_server(tags_changed);
+            self.gens.forget_for_new_server(found.renewed, tags_changed);
             if let Some(local) = &self.local {
                 local.clear();
             }
@@ -777,11 +777,19 @@ impl Cache {
 
     /// Removes every lead's cached data from Redis (after a TRUNCATE).
     pub async fn purge_leads(&self) {
-        if let Some(remote) = self.remote.as_ref().filter(|r| r.breaker.is_closed()) {
-            for pattern in LEAD_PATTERNS {
-                if let Err(e) = remote.purge(pattern).await {
-                    tracing::warn!(error = %e, "could not purge cached leads from Redis");
+        if let Some(remote) = &self.remote {
+            let mut purged = remote.breaker.is_closed();
+            if purged {
+                for pattern in LEAD_PATTERNS {
+                    if let Err(e) = remote.purge(pattern).await {
+                        tracing::warn!(error = %e, "could not purge cached leads from Redis");
+                        purged = false;
+                    }
                 }
+            }
+            if !purged {
+                // Personal data must not stay: purged once Redis answers.
+                self.gens.owe_purge();
             }
         }
         if let Some(local) = &self.local {

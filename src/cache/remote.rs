@@ -123,6 +123,8 @@ impl Breaker {
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let open = n >= FAILURES_TO_OPEN || error.broke_connection();
         if open && !self.open.swap(true, Ordering::AcqRel) {
+            // Commands already past the breaker's check must not count as this session's.
+            self.session.fetch_add(1, Ordering::AcqRel);
             self.down_since_ms.store(now_ms(), Ordering::Release);
             return true;
         }
@@ -249,10 +251,12 @@ impl Remote {
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, RemoteError> {
+        // The session first: a breaker that opens (and a session that ends) after this read is
+        // noticed when the answer comes.
+        let session = self.breaker.session.load(Ordering::Acquire);
         if !self.breaker.is_closed() {
             return Err(RemoteError::Open);
         }
-        let session = self.breaker.session.load(Ordering::Acquire);
         let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(_)) if self.breaker.session.load(Ordering::Acquire) != session => {

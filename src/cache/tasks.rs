@@ -34,9 +34,6 @@ pub struct BackgroundConfig {
     /// How often the listener sends itself a heartbeat through the database; silence for three
     /// of these is a dead connection.
     pub listen_heartbeat: Duration,
-    /// The session name of this instance's own writes: their notifications are skipped (the
-    /// writer invalidated what they changed before it answered).
-    pub own_sessions: Option<String>,
 }
 
 /// Starts the background tasks, supervised; they end when `shutdown` turns true.
@@ -63,14 +60,8 @@ pub fn spawn_background(
     if let Some(url) = config.listen_url {
         let (c, s) = (cache.clone(), shutdown.clone());
         let (region, heartbeat) = (config.region, config.listen_heartbeat);
-        let own = config.own_sessions;
         tasks.spawn("database_listener", shutdown, move || {
-            listen(
-                c.clone(),
-                url.clone(),
-                (region, heartbeat, own.clone()),
-                s.clone(),
-            )
+            listen(c.clone(), url.clone(), (region, heartbeat), s.clone())
         });
     }
 }
@@ -319,7 +310,7 @@ async fn settle(cache: Arc<Cache>, mut from: watch::Receiver<Option<i64>>, heart
 async fn listen(
     cache: Arc<Cache>,
     url: String,
-    (region, heartbeat, own): (Region, Duration, Option<String>),
+    (region, heartbeat): (Region, Duration),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let me = format!("{:016x}", cache.generations().origin());
@@ -374,7 +365,6 @@ async fn listen(
                                     claim(&cache, ping.seq).await;
                                 }
                                 Ok(Heard::Ping(_)) => {}
-                                Ok(Heard::Change(_)) if own.is_some() && origin_of(notification.payload()) == own => {}
                                 Ok(Heard::Change(change)) => {
                                     cache
                                         .invalidate(&change.changes(region), InvalidationSource::Notify)
@@ -383,7 +373,14 @@ async fn listen(
                                     // claimed at once, not at the next beat.
                                     poke.notify_one();
                                 }
-                                Err(_) => tracing::warn!("ignoring a malformed change notification"),
+                                // A change this instance cannot read may be any change:
+                                // invalidate everything rather than claim it heard.
+                                Err(_) => {
+                                    tracing::warn!("a change notification could not be read; invalidating everything");
+                                    cache
+                                        .invalidate(&[Change::Everything], InvalidationSource::Notify)
+                                        .await;
+                                }
                             }
                         }
                         // Silence past the bound: the connection is dead without having closed.
@@ -420,15 +417,6 @@ async fn listen(
         }
         backoff = next_backoff(backoff);
     }
-}
-
-/// The session that made a change (its `application_name`), as the notification names it.
-fn origin_of(payload: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Origin {
-        a: Option<String>,
-    }
-    serde_json::from_str::<Origin>(payload).ok()?.a
 }
 
 /// Claims `seq` as heard, once the listener has settled and owes Redis nothing.
@@ -483,17 +471,6 @@ async fn send_pings(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_change_names_the_session_that_made_it() {
-        let payload = r#"{"a" : "hotline-00ab", "t" : "conversation", "lead" : "6c1f0e0e-5d7b-4f8e-9a43-4a0f0c1d2e3f"}"#;
-        assert_eq!(origin_of(payload).as_deref(), Some("hotline-00ab"));
-        assert!(matches!(
-            serde_json::from_str::<Heard>(payload).unwrap(),
-            Heard::Change(Notification::Conversation { .. })
-        ));
-        assert_eq!(origin_of(r#"{"t":"bulk","table":"leads"}"#), None);
-    }
 
     #[test]
     fn pings_and_changes_are_told_apart() {

@@ -51,10 +51,6 @@ impl Store for GatedStore {
         self.inner.backend()
     }
 
-    fn session_name(&self) -> Option<String> {
-        self.inner.session_name()
-    }
-
     /// Applies the migrations and, once they are in place, opens the gate.
     async fn migrate(&self) -> StoreResult<()> {
         self.inner.migrate().await?;

@@ -37,10 +37,6 @@ impl Store for InstrumentedStore {
         self.inner.backend()
     }
 
-    fn session_name(&self) -> Option<String> {
-        self.inner.session_name()
-    }
-
     async fn migrate(&self) -> StoreResult<()> {
         timed("migrate", self.inner.migrate()).await
     }

@@ -153,12 +153,6 @@ pub(crate) async fn bounded<T>(
 pub trait Store: Send + Sync + 'static {
     /// `postgres` or `sqlite`.
     fn backend(&self) -> &'static str;
-    /// The name this store's database sessions give themselves (Postgres's
-    /// `application_name`, unique to the instance), so that the change notifications of its
-    /// own writes can be told apart. `None` where sessions have no name.
-    fn session_name(&self) -> Option<String> {
-        None
-    }
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;
     /// A cheap round trip, for health checks.

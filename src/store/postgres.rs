@@ -50,15 +50,13 @@ macro_rules! conv_cols {
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
-    /// `hotline-` and a random suffix: the instance's sessions, in `pg_stat_activity` and in
-    /// the change notifications of its writes.
-    session_name: String,
 }
 
 impl PgStore {
     /// Builds the pool without connecting: startup does not block or fail while the database is
     /// momentarily down (the first query, usually [`Store::migrate`], reports it).
     pub async fn connect(url: &str) -> StoreResult<PgStore> {
+        // Each instance's sessions are told apart in `pg_stat_activity`.
         let session_name = format!("hotline-{:016x}", rand::random::<u64>());
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Other(format!("invalid Postgres URL: {e}")))?
@@ -69,7 +67,7 @@ impl PgStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Some(IDLE_TIMEOUT))
             .connect_lazy_with(options);
-        Ok(PgStore { pool, session_name })
+        Ok(PgStore { pool })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -167,10 +165,6 @@ pub(super) fn migrate_error(e: MigrateError) -> StoreError {
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
-    }
-
-    fn session_name(&self) -> Option<String> {
-        Some(self.session_name.clone())
     }
 
     async fn migrate(&self) -> StoreResult<()> {

@@ -97,10 +97,6 @@ impl Store for CountingStore {
         self.inner.backend()
     }
 
-    fn session_name(&self) -> Option<String> {
-        self.inner.session_name()
-    }
-
     async fn migrate(&self) -> StoreResult<()> {
         self.inner.migrate().await
     }
