@@ -4,43 +4,11 @@
 //! The capture is a global subscriber, so this module has one test: nextest runs each test in a
 //! process of its own (`cargo nextest run`), and under `cargo test` the capture only sees more.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use chrono::Utc;
 use serde_json::{json, Value};
-use tracing_subscriber::fmt::MakeWriter;
 
 use crate::support::app::{spawn_app, ELEVENLABS_SECRET};
-
-/// Everything written to the log, shared with the test.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
+use crate::support::capture::Capture;
 
 const NAME: &str = "Zebulon Quixote";
 const EMAIL: &str = "zebulon.quixote@example.com";

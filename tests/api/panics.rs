@@ -3,39 +3,15 @@
 //! as a 500 in the rolling window. The bug is a store method that panics, wrapped around the
 //! real store; nothing in the app panics on purpose.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tracing_subscriber::fmt::MakeWriter;
 
 use crate::support::app::{assert_error, spawn_app_full};
+use crate::support::capture::Capture;
 use crate::support::counting::{Calls, CountingStore, Method};
 use crate::support::db::TestDb;
 use crate::support::raw::metric;
-
-/// Everything written to the log, shared with the test.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 const NAME: &str = "Zebulon Quixote";
 const CALLER: &str = "+16129782029";
@@ -116,7 +92,7 @@ async fn a_panicking_handler_is_logged_counted_and_answered_500() {
     app.stop().await;
 
     // Logged, at error, with the route template and the method.
-    let log = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let log = capture.text();
     let line = log
         .lines()
         .find(|l| l.contains("handler panicked"))

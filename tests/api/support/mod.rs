@@ -1,5 +1,6 @@
 pub mod app;
 pub mod browser;
+pub mod capture;
 pub mod counting;
 pub mod db;
 pub mod hook;
