@@ -121,6 +121,19 @@ async fn status_and_json(r: reqwest::Response) -> (u16, Value) {
     (status, r.json().await.expect("a JSON body"))
 }
 
+/// The initiation webhook for the known caller, as ElevenLabs sends it, to a running binary.
+async fn ring(client: &reqwest::Client, base: &str) -> reqwest::Response {
+    client
+        .post(format!(
+            "{base}/webhooks/elevenlabs/conversation-initiation"
+        ))
+        .bearer_auth(WEBHOOK_SECRET)
+        .json(&initiation_body(CALLER, ORG_PHONE))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn serve_starts_with_the_database_down_and_recovers_when_it_returns() {
     // A fresh database, never migrated, behind a proxy that refuses every connection.
@@ -135,15 +148,7 @@ async fn serve_starts_with_the_database_down_and_recovers_when_it_returns() {
     // It serves: the load balancer's probe, and the webhook with defaults.
     let r = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = client
-        .post(format!(
-            "{base}/webhooks/elevenlabs/conversation-initiation"
-        ))
-        .bearer_auth(WEBHOOK_SECRET)
-        .json(&initiation_body(CALLER, ORG_PHONE))
-        .send()
-        .await
-        .unwrap();
+    let r = ring(&client, &base).await;
     let (vars, source) = initiation_ok(r).await;
     assert_eq!(source, "default");
     assert_defaults(&vars, "", CALLER);
@@ -227,15 +232,7 @@ async fn serve_starts_with_the_database_down_and_recovers_when_it_returns() {
     )
     .await;
     assert_eq!(status, 201, "{lead}");
-    let r = client
-        .post(format!(
-            "{base}/webhooks/elevenlabs/conversation-initiation"
-        ))
-        .bearer_auth(WEBHOOK_SECRET)
-        .json(&initiation_body(CALLER, ORG_PHONE))
-        .send()
-        .await
-        .unwrap();
+    let r = ring(&client, &base).await;
     let (vars, source) = initiation_ok(r).await;
     assert_eq!(source, "db");
     assert_eq!(vars["customer_name"], "Maria Lopez");
@@ -282,15 +279,7 @@ async fn an_instance_restarted_during_an_outage_answers_from_what_redis_holds() 
     let base = hotline.serving_base().await;
     let client = reqwest::Client::new();
     let from_redis = eventually(PATIENCE, || async {
-        let r = client
-            .post(format!(
-                "{base}/webhooks/elevenlabs/conversation-initiation"
-            ))
-            .bearer_auth(WEBHOOK_SECRET)
-            .json(&initiation_body(CALLER, ORG_PHONE))
-            .send()
-            .await
-            .unwrap();
+        let r = ring(&client, &base).await;
         let (vars, source) = initiation_ok(r).await;
         source == "l2" && vars["customer_name"] == "Maria Lopez" && vars["lead_id"] == lead_id
     })
