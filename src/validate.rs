@@ -642,37 +642,26 @@ impl Validator<'_> {
             Ok(h) => h,
             Err(e) => return Check::fail(N, "", e),
         };
-        let mut sources = Vec::new();
-        let mut problems = Vec::new();
-        for _ in 0..3 {
-            match self.initiate(secret, &f.lead_phone, &f.org_phone).await {
-                Ok((StatusCode::OK, source, body)) => {
-                    if body["dynamic_variables"]["lead_id"].as_str() != Some(f.lead_id.as_str()) {
-                        problems.push("the answer does not name the test lead".to_string());
-                    }
-                    sources.push(source);
-                }
-                Ok((s, _, _)) => {
-                    return Check::fail(N, "", format!("webhook answered HTTP {}", s.as_u16()))
-                }
+        // The change notifications of the fixture's own writes reach the instance a moment
+        // after the writes: one that lands between the miss and the hits invalidates what the
+        // miss filled. Then the check runs once more, from a miss made on purpose.
+        let mut attempt = 0;
+        let (sources, problems) = loop {
+            attempt += 1;
+            let (sources, problems) = match self.miss_then_hits(secret, f).await {
+                Ok(seen) => seen,
                 Err(e) => return Check::fail(N, "", e),
+            };
+            let late_miss = sources[0] == "db" && problems.iter().all(|p| p.contains("(a hit)"));
+            if problems.is_empty() || !late_miss || attempt == 2 {
+                break (sources, problems);
             }
-        }
+            if let Err(e) = self.invalidate_lead(&f.lead_id).await {
+                return Check::fail(N, sources.join(","), e);
+            }
+        };
+        let mut problems = problems;
         let figure = sources.join(",");
-        if sources[0] != "db" {
-            problems.push(format!(
-                "first answer from {:?}, expected db (a miss)",
-                sources[0]
-            ));
-        }
-        for (i, s) in sources.iter().enumerate().skip(1) {
-            if s != "l1" && s != "l2" {
-                problems.push(format!(
-                    "answer {} from {s:?}, expected l1 or l2 (a hit)",
-                    i + 1
-                ));
-            }
-        }
         let after = match self.cache_hits().await {
             Ok(h) => h,
             Err(e) => return Check::fail(N, figure, e),
@@ -688,6 +677,60 @@ impl Validator<'_> {
             )
         } else {
             Check::fail(N, figure, problems.join("; "))
+        }
+    }
+
+    /// Three calls for the test lead: where each answer came from, and what was wrong.
+    async fn miss_then_hits(
+        &self,
+        secret: &str,
+        f: &Fixture,
+    ) -> Result<(Vec<String>, Vec<String>), String> {
+        let mut sources = Vec::new();
+        let mut problems = Vec::new();
+        for _ in 0..3 {
+            match self.initiate(secret, &f.lead_phone, &f.org_phone).await? {
+                (StatusCode::OK, source, body) => {
+                    if body["dynamic_variables"]["lead_id"].as_str() != Some(f.lead_id.as_str()) {
+                        problems.push("the answer does not name the test lead".to_string());
+                    }
+                    sources.push(source);
+                }
+                (s, _, _) => return Err(format!("webhook answered HTTP {}", s.as_u16())),
+            }
+        }
+        if sources[0] != "db" {
+            problems.push(format!(
+                "first answer from {:?}, expected db (a miss)",
+                sources[0]
+            ));
+        }
+        for (i, s) in sources.iter().enumerate().skip(1) {
+            if s != "l1" && s != "l2" {
+                problems.push(format!(
+                    "answer {} from {s:?}, expected l1 or l2 (a hit)",
+                    i + 1
+                ));
+            }
+        }
+        Ok((sources, problems))
+    }
+
+    /// Drops the test lead from the cache on every instance (the next call is a miss).
+    async fn invalidate_lead(&self, lead_id: &str) -> Result<(), String> {
+        let b = self.admin(
+            self.client
+                .post(self.url("/api/monitoring/cache/invalidate"))
+                .json(&serde_json::json!({ "lead_id": lead_id })),
+        )?;
+        let r = self.send("invalidating the test lead", b).await?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "invalidating the test lead answered HTTP {}",
+                r.status().as_u16()
+            ))
         }
     }
 
