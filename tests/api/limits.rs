@@ -40,20 +40,9 @@ fn forged_signature() -> String {
     )
 }
 
-async fn metrics_text(app: &TestApp) -> String {
-    app.client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
 async fn body_bytes_in_flight(app: &TestApp) -> f64 {
     metric(
-        &metrics_text(app).await,
+        &app.metrics_text().await,
         "hotline_http_body_bytes_in_flight",
     )
     .expect("the gauge is exported")
@@ -61,7 +50,7 @@ async fn body_bytes_in_flight(app: &TestApp) -> f64 {
 
 async fn bodies_refused(app: &TestApp, reason: &str) -> f64 {
     let series = format!("hotline_http_bodies_refused_total{{reason=\"{reason}\"}}");
-    metric(&metrics_text(app).await, &series).expect("the counter is exported")
+    metric(&app.metrics_text().await, &series).expect("the counter is exported")
 }
 
 /// The process's peak resident memory (`VmHWM`), in bytes.

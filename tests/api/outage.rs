@@ -215,15 +215,7 @@ async fn conversations_with(db: &TestDb, external_id: &str) -> i64 {
 
 /// The value of an unlabelled series in `/metrics`.
 async fn gauge(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("no {name} in /metrics"))

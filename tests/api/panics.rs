@@ -17,15 +17,7 @@ const NAME: &str = "Zebulon Quixote";
 const CALLER: &str = "+16129782029";
 
 async fn panics_total(app: &crate::support::app::TestApp) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     metric(&text, "hotline_panics_total").expect("exported from start")
 }
 

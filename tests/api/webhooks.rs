@@ -955,15 +955,7 @@ async fn post_call_for_an_unknown_organization_is_acknowledged_not_stored() {
 
 /// `hotline_post_call_events_total{outcome}` from `/metrics`.
 async fn post_call_events(app: &TestApp, outcome: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let series = format!("hotline_post_call_events_total{{outcome=\"{outcome}\"}} ");
     let line = text
         .lines()

@@ -135,6 +135,18 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let r = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("/metrics answers");
+        assert_eq!(r.status(), 200);
+        r.text().await.expect("/metrics text")
+    }
+
     /// The tag that names a phone number (written as the tests write it) in this app's Redis
     /// keys and messages.
     pub fn phone_tag(&self, phone: &str) -> String {
