@@ -658,9 +658,7 @@ const WEBHOOK_LOADS: [Method; 5] = [
 async fn concurrent_misses_on_one_key_cost_one_load_per_instance() {
     // One instance, tier 1 only.
     let (db, _, _) = seeded_postgres().await;
-    let flags: Vec<String> = ["--webhook-deadline-ms", "5000", "--warm-leads", "0"]
-        .map(String::from)
-        .to_vec();
+    let flags: Vec<String> = ["--webhook-deadline-ms", "5000"].map(String::from).to_vec();
     let (solo, calls) = spawn_counting(db, &flags).await;
     for (vars, _) in burst(&solo, CALLER, 200).await {
         assert_eq!(vars["customer_name"], "Maria Lopez");
@@ -850,7 +848,7 @@ async fn without_change_notifications_a_direct_write_is_seen_when_the_ttl_expire
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier_one_stays_within_its_byte_budget() {
     let db = Arc::new(TestDb::postgres().await);
-    let app = spawn_app_on(db.clone(), &["--l1-max-mb", "1", "--warm-leads", "0"]).await;
+    let app = spawn_app_on(db.clone(), &["--l1-max-mb", "1"]).await;
     hotline::seed::seed(
         &db.url,
         &hotline::seed::SeedOptions {
@@ -1357,7 +1355,7 @@ async fn a_lost_invalidation_costs_at_most_the_tier_one_maximum_age() {
     let db = Arc::new(TestDb::sqlite());
     let prefix = unique_prefix();
     let mut flags = roomy_deadline(redis_flags(&redis_url(), &prefix));
-    flags.extend(["--l1-max-age-s", "3", "--warm-leads", "0"].map(String::from));
+    flags.extend(["--l1-max-age-s", "3"].map(String::from));
     let app = spawn_app_on(db, &strs(&flags)).await;
     wait_live(&app).await;
     let known = known_caller(&app).await;

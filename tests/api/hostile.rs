@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::support::app::{assert_error, spawn_app, spawn_app_on, TestApp, WEBHOOK_SECRET};
+use crate::support::app::{assert_error, spawn_app, TestApp, WEBHOOK_SECRET};
 
 const ORG_PHONE: &str = "+16123241623";
 const CALLER: &str = "+16129782029";
@@ -810,13 +810,7 @@ async fn every_write_path_survives_a_sweep_of_hostile_values() {
 
 #[tokio::test]
 async fn a_failing_query_is_a_5xx_without_internal_detail() {
-    // No warming: it could cache the lead's context before the table goes, and then (rightly)
-    // serve it from the cache.
-    let app = spawn_app_on(
-        std::sync::Arc::new(crate::support::db::TestDb::postgres().await),
-        &["--warm-leads", "0"],
-    )
-    .await;
+    let app = spawn_app().await;
     let t = target(&app).await;
     let mut conn = app.db.pg_connection().await;
     sqlx::query("drop table conversations")

@@ -65,11 +65,10 @@ fn strs(v: &[String]) -> Vec<&str> {
 }
 
 /// Flags for an instance on the shared Redis under a prefix of its own, with a webhook deadline
-/// that a cold lookup on a busy machine does not miss, and no warm-up at start (the tests count
-/// lookups and loads).
+/// that a cold lookup on a busy machine does not miss.
 fn flags_with_redis() -> Vec<String> {
     let mut flags = redis_flags(&redis_url(), &unique_prefix());
-    flags.extend(["--webhook-deadline-ms", "2000", "--warm-leads", "0"].map(String::from));
+    flags.extend(["--webhook-deadline-ms", "2000"].map(String::from));
     flags
 }
 
@@ -1159,11 +1158,9 @@ async fn health_is_unhealthy_without_the_database_and_database_down_fires() {
     let db = Arc::new(TestDb::postgres().await);
     let proxy = TcpProxy::start(db.pg_addr()).await;
     let via = db.pg_url_via(proxy.addr);
-    let app = crate::support::app::spawn_app_with(
-        db,
-        &["--alert-hold-s", "0", "--warm-leads", "0"],
-        move |args| args.db.database_url = via.parse().expect("a database URL"),
-    )
+    let app = crate::support::app::spawn_app_with(db, &["--alert-hold-s", "0"], move |args| {
+        args.db.database_url = via.parse().expect("a database URL")
+    })
     .await;
 
     let (status, health) = get_json(&app, "/api/monitoring/health").await;

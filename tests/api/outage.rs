@@ -231,7 +231,7 @@ fn new_conversation_id() -> String {
 #[tokio::test]
 async fn on_a_read_only_database_writes_answer_503_and_post_call_events_wait_for_it() {
     let db = Arc::new(TestDb::postgres().await);
-    let app = spawn_app_on(db.clone(), &["--warm-leads", "0"]).await;
+    let app = spawn_app_on(db.clone(), &[]).await;
     let known = known_caller(&app).await;
     assert_eq!(gauge(&app, "hotline_spool_depth").await, 0.0);
     assert_eq!(gauge(&app, "hotline_spool_bytes").await, 0.0);
@@ -387,7 +387,7 @@ async fn reads_that_fail_with_a_transient_error_serve_stale_values() {
 #[tokio::test]
 async fn the_drainer_keeps_events_the_database_cannot_take_yet_and_sets_aside_only_bad_ones() {
     let db = Arc::new(TestDb::postgres().await);
-    let app = spawn_app_on(db.clone(), &["--warm-leads", "0"]).await;
+    let app = spawn_app_on(db.clone(), &[]).await;
     known_caller(&app).await;
     // A spool of the test's own, drained by hand, pass by pass.
     let dir = tempfile::tempdir().unwrap();
@@ -455,7 +455,7 @@ async fn the_drainer_keeps_events_the_database_cannot_take_yet_and_sets_aside_on
 #[tokio::test]
 async fn a_full_spool_answers_503_for_an_event_it_cannot_keep() {
     let db = Arc::new(TestDb::postgres().await);
-    let app = spawn_app_on(db.clone(), &["--warm-leads", "0", "--spool-max-mb", "0"]).await;
+    let app = spawn_app_on(db.clone(), &["--spool-max-mb", "0"]).await;
     known_caller(&app).await;
     db.set_read_only(true).await;
     let external_id = new_conversation_id();
@@ -474,7 +474,7 @@ async fn a_restarted_instance_drains_the_spool_the_previous_one_left() {
     let dir = tempfile::tempdir().unwrap();
     let spool_dir = dir.path().to_path_buf();
     let set_spool = |args: &mut hotline::config::ServeArgs| args.spool_dir = spool_dir.clone();
-    let first = spawn_app_with(db.clone(), &["--warm-leads", "0"], set_spool).await;
+    let first = spawn_app_with(db.clone(), &[], set_spool).await;
     let lead_id = known_caller(&first).await.lead_id().to_string();
     db.set_read_only(true).await;
     let ids: Vec<String> = (0..3).map(|_| new_conversation_id()).collect();
@@ -499,7 +499,7 @@ async fn a_restarted_instance_drains_the_spool_the_previous_one_left() {
 
     // The database is back; a new process opens the same spool.
     db.set_read_only(false).await;
-    let second = spawn_app_with(db.clone(), &["--warm-leads", "0"], set_spool).await;
+    let second = spawn_app_with(db.clone(), &[], set_spool).await;
     let drained = eventually(Duration::from_secs(30), || async {
         files_in(dir.path()).is_empty()
     })

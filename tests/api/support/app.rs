@@ -31,7 +31,9 @@ pub struct TestApp {
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Parses `serve` flags the way the binary does, with the test's secrets and port 0.
+/// Parses `serve` flags the way the binary does, with the test's secrets and port 0. Warming
+/// at start is off unless a test asks for it: it loads whatever the test has written by the time
+/// the invalidation channels connect, which on a slow machine can be after the test's fixture.
 pub fn serve_args(db_url: &str, spool_dir: &std::path::Path, extra: &[&str]) -> ServeArgs {
     let mut argv: Vec<String> = vec![
         "hotline".into(),
@@ -49,6 +51,9 @@ pub fn serve_args(db_url: &str, spool_dir: &std::path::Path, extra: &[&str]) -> 
         "--spool-dir".into(),
         spool_dir.display().to_string(),
     ];
+    if !extra.contains(&"--warm-leads") {
+        argv.extend(["--warm-leads".into(), "0".into()]);
+    }
     argv.extend(extra.iter().map(|s| s.to_string()));
     use clap::Parser;
     match Cli::try_parse_from(argv).expect("test flags parse").command {
