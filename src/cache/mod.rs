@@ -6,6 +6,7 @@
 mod changes;
 mod entry;
 mod gens;
+mod heap;
 mod keys;
 mod local;
 pub mod remote;
@@ -22,6 +23,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 pub use changes::{kinds_of, lead_derived_keys, plan_all, Change, Notification, Plan};
 pub use entry::{now_ms, Entry, Value};
 pub use gens::{Generations, Message, LEAD_PATTERNS};
+pub use heap::{entry_weight, HeapSize, ALLOCATOR_SLACK, MOKA_ENTRY_BYTES, TIER1_ENTRY_OVERHEAD};
 pub use keys::{lead_hash, CacheKey, GenKey, Kind, PhoneTag, PhoneTagger, Ttls};
 pub use local::LocalTier;
 pub use remote::{Circuit, Handshake, Remote, RemoteError, ServerInfo};

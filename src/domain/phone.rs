@@ -115,6 +115,11 @@ impl Phone {
         &self.0
     }
 
+    /// The bytes its text holds on the heap (for the tier-1 byte budget).
+    pub fn heap_capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
     /// Trusts a value read back from the store, where only E.164 strings are written.
     pub fn from_stored(e164: String) -> Phone {
         Phone(e164)
