@@ -9,10 +9,8 @@ use moka::sync::Cache;
 use moka::Expiry;
 
 use super::entry::{now_ms, Entry};
+use super::heap::entry_weight;
 use super::keys::CacheKey;
-
-/// Bookkeeping moka and the allocator add to each entry, beyond its value's bytes.
-const ENTRY_OVERHEAD: u32 = 256;
 
 #[derive(Debug)]
 pub struct LocalEntry {
@@ -63,16 +61,14 @@ impl LocalTier {
         self.cache.get(key)
     }
 
-    /// Stores an entry until the end of its stale window. `encoded_len` is the size of its
-    /// serialised form (a fair estimate of its heap).
-    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>, encoded_len: usize) {
+    /// Stores an entry until the end of its stale window, weighed by the heap it keeps alive
+    /// (see [`entry_weight`]).
+    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
         let expires_in = Duration::from_millis((entry.stale_until_ms - now_ms()).max(0) as u64);
         if expires_in.is_zero() {
             return;
         }
-        let weight = u32::try_from(encoded_len)
-            .unwrap_or(u32::MAX)
-            .saturating_add(ENTRY_OVERHEAD);
+        let weight = entry_weight(&key, &entry);
         self.cache.insert(
             key,
             Arc::new(LocalEntry {

@@ -466,13 +466,13 @@ impl Cache {
             .as_ref()
             .filter(|r| r.breaker.is_closed() && self.liveness.l2_trusted());
         if let Some(remote) = remote {
-            if let Some((entry, encoded_len)) = self.read_remote(remote, &key).await {
+            if let Some(entry) = self.read_remote(remote, &key).await {
                 let entry = Arc::new(entry);
                 if entry.is_fresh(now) {
                     stats.hits_l2.fetch_add(1, Ordering::Relaxed);
                     self.monitor.record_cache(kind.as_str(), "l2_hit");
                     if let Some(local) = &self.local {
-                        local.insert(key.clone(), entry.clone(), encoded_len);
+                        local.insert(key.clone(), entry.clone());
                     }
                     if entry.wants_refresh(now) {
                         self.refresh(key, load);
@@ -565,14 +565,14 @@ impl Cache {
     }
 
     /// The tier-2 value of `key`, if it was built under the current generations.
-    async fn read_remote(&self, remote: &Remote, key: &CacheKey) -> Option<(Entry, usize)> {
-        let (entry, encoded_len) = remote.get(key).await.ok()??;
+    async fn read_remote(&self, remote: &Remote, key: &CacheKey) -> Option<Entry> {
+        let entry = remote.get(key).await.ok()??;
         let dep_keys: Vec<GenKey> = entry.deps.iter().map(|(k, _)| k.clone()).collect();
         // While invalidations may not be reaching us, confirm with Redis itself.
         let confirm = !self.liveness.invalidations_live();
         let current = self.gens.current(&dep_keys, confirm).await;
         let valid = entry.deps.iter().zip(&current).all(|((_, v), c)| v == c);
-        valid.then_some((entry, encoded_len))
+        valid.then_some(entry)
     }
 
     /// Starts a background load of `key` unless one is running.
@@ -721,7 +721,7 @@ impl Cache {
         }
         let bytes = entry.encode();
         if let Some(local) = &self.local {
-            local.insert(key.clone(), entry.clone(), bytes.len());
+            local.insert(key.clone(), entry.clone());
         }
         if let Some(remote) = self.remote.as_ref().filter(|r| r.breaker.is_closed()) {
             let remote = remote.clone();

@@ -281,13 +281,13 @@ impl Remote {
         result
     }
 
-    /// The entry stored for `key`, if any (not yet validated), with its encoded size.
-    pub async fn get(&self, key: &CacheKey) -> Result<Option<(Entry, usize)>, RemoteError> {
+    /// The entry stored for `key`, if any (not yet validated).
+    pub async fn get(&self, key: &CacheKey) -> Result<Option<Entry>, RemoteError> {
         let (name, field) = key.redis_location();
         let mut conn = self.conn.clone();
         let redis_key = self.key(&name);
         let bytes: Option<Vec<u8>> = self.run(conn.hget(redis_key, field)).await?;
-        Ok(bytes.and_then(|b| Entry::decode(&b).map(|e| (e, b.len()))))
+        Ok(bytes.and_then(|b| Entry::decode(&b)))
     }
 
     /// The current value of each generation, creating (with the proposed random values) those
