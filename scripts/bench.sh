@@ -6,6 +6,14 @@
 # what recording a webhook's metrics costs, in process.
 # Writes bench-results/results.json and bench-results/results.md and prints b/a, b/c, b/d.
 #
+# Pinning: with taskset (util-linux) and at least two CPUs, the server runs on the first half
+# of the CPUs this script may use (CPU 0 of two) and the load generator, `hotline bench`, on the
+# rest, so that neither takes the other's time. PostgreSQL and Redis (shared services), the
+# seeding and (g) are not pinned. Without taskset, or with one CPU, nothing is (the script says).
+# Server CPU: for (a) to (e) and (b½), the server's CPU time (user + system, all threads, from
+# /proc/<pid>/stat) over the measured requests alone (not the warm pass), per request in µs;
+# "CPU b/a" is the warm webhook's over /healthz's. Null where there is no /proc.
+#
 #   bash scripts/bench.sh            # 100,000 leads, 15 s per scenario, 32 workers
 #   bash scripts/bench.sh --quick    # 2,000 leads, 3 s per scenario, 8 workers (CI)
 #   bash scripts/bench.sh --scale    # 1,000,000 leads, tier 1 at 64 MB, 60 s of Zipf load:
@@ -14,7 +22,7 @@
 # Overrides (environment): LEADS, DURATION_S, CONCURRENCY, STAMPEDE, UNKNOWN_PCT, ZIPF_S,
 # L1_MAX_MB (--scale), PG_URL (a server where a database may be created; default
 # postgres://root@127.0.0.1:5432), REDIS_URL (default redis://127.0.0.1:6379).
-# Needs psql, redis-cli, curl and jq.
+# Needs psql, redis-cli, curl and jq; taskset to pin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +31,7 @@ for arg in "$@"; do
   case "$arg" in
     --quick) mode=quick ;;
     --scale) mode=scale ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -46,6 +54,39 @@ die() { say "$*"; exit 1; }
 for tool in psql redis-cli curl jq; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
 done
+# The CPUs this script may use, split: the first half to the server, the rest to the generator.
+server_pin=() bench_pin=() server_cpus= bench_cpus=
+if ! command -v taskset >/dev/null 2>&1; then
+  say "taskset (util-linux) is not installed: the server and the load generator are not pinned"
+else
+  cpus=()
+  IFS=, read -ra parts <<<"$(taskset -cp $$ | sed 's/.*: *//')"
+  for part in "${parts[@]}"; do
+    case "$part" in
+      *-*) for c in $(seq "${part%-*}" "${part#*-}"); do cpus+=("$c"); done ;;
+      *) cpus+=("$part") ;;
+    esac
+  done
+  if [ ${#cpus[@]} -lt 2 ]; then
+    say "fewer than two CPUs to use: the server and the load generator are not pinned"
+  else
+    n_server=$((${#cpus[@]} / 2))
+    server_cpus=$(IFS=,; echo "${cpus[*]:0:n_server}")
+    bench_cpus=$(IFS=,; echo "${cpus[*]:n_server}")
+    server_pin=(taskset -c "$server_cpus")
+    bench_pin=(taskset -c "$bench_cpus")
+    say "pinning the server to CPU $server_cpus and the load generator to CPU $bench_cpus"
+  fi
+fi
+if [ -n "$server_cpus" ]; then
+  pinning="Server on CPU $server_cpus, load generator on CPU $bench_cpus (taskset); PostgreSQL and Redis not pinned."
+else
+  pinning="Server and load generator not pinned."
+fi
+machine=$(jq -n --arg cpus "$(nproc)" --arg s "$server_cpus" --arg b "$bench_cpus" \
+  '{cpus: ($cpus | tonumber), server_cpus: (if $s == "" then null else $s end),
+    bench_cpus: (if $b == "" then null else $b end)}')
+
 psql "$PG_URL/postgres" -Atqc 'select 1' >/dev/null 2>&1 || die "PostgreSQL does not answer at $PG_URL"
 redis-cli -u "$REDIS_URL" ping 2>/dev/null | grep -q PONG || die "Redis does not answer at $REDIS_URL"
 
@@ -106,8 +147,8 @@ start_server() {
   env LISTEN_ADDR="127.0.0.1:$port" DATABASE_URL="$DATABASE_URL" REDIS_URL="$REDIS_URL" \
     REDIS_KEY_PREFIX="$PREFIX-$name" ADMIN_TOKEN="$ADMIN_TOKEN" WEBHOOK_SECRET="$WEBHOOK_SECRET" \
     SPOOL_DIR="$WORK/spool-$name" RUST_LOG=warn WARM_LEADS=0 L1_MAX_MB=64 REDIS_ENABLED=true \
-    "$@" "$BIN" serve >"$WORK/server-$name.log" 2>&1 &
-  server_pid=$!
+    "$@" ${server_pin[@]+"${server_pin[@]}"} "$BIN" serve >"$WORK/server-$name.log" 2>&1 &
+  server_pid=$! # env and taskset exec: this is the server's own pid
   for _ in $(seq 1 100); do
     curl -fsS -o /dev/null "$url/healthz" 2>/dev/null && return 0
     kill -0 "$server_pid" 2>/dev/null || break
@@ -118,13 +159,23 @@ start_server() {
 }
 
 # bench LABEL [ARG ...]: one measured run against $url, appended to runs.jsonl ($workers
-# workers, default $CONCURRENCY).
+# workers, default $CONCURRENCY), with the server's CPU time over it unless server_cpu=off.
 bench() {
   local label=$1
   shift
-  "$BIN" bench --url "$url" --label "$label" --database-url "$DATABASE_URL" \
-    --duration-s "$DURATION_S" --concurrency "${workers:-$CONCURRENCY}" --callers "$LEADS" \
-    --unknown-pct "$UNKNOWN_PCT" --zipf-s "$ZIPF_S" --json-out "$OUT/runs.jsonl" "$@"
+  local cpu=()
+  [ "${server_cpu:-on}" = off ] || cpu=(--server-pid "$server_pid")
+  ${bench_pin[@]+"${bench_pin[@]}"} "$BIN" bench --url "$url" --label "$label" \
+    --database-url "$DATABASE_URL" --duration-s "$DURATION_S" \
+    --concurrency "${workers:-$CONCURRENCY}" --callers "$LEADS" --unknown-pct "$UNKNOWN_PCT" \
+    --zipf-s "$ZIPF_S" --json-out "$OUT/runs.jsonl" ${cpu[@]+"${cpu[@]}"} "$@"
+}
+
+# no_cpu_note FILE JQ-PATH: says so when a run's server CPU time could not be read.
+no_cpu_note() {
+  if jq -e "[$2] | any(. == null)" "$1" >/dev/null; then
+    say "the server's CPU time could not be read (no /proc/<pid>/stat here?): its column shows –"
+  fi
 }
 
 mkdir -p "$OUT"
@@ -146,8 +197,8 @@ if [ $mode = scale ]; then
   stats=$(curl -fsS "$url/api/monitoring/stats/cache")
   jq -n --argjson run "$(tail -n 1 "$OUT/runs.jsonl")" --argjson stats "$stats" \
     --arg idle "$idle_kib" --arg rss "$(rss_kib VmRSS)" --arg hwm "$(rss_kib VmHWM)" \
-    --arg budget "$L1_MAX_MB" --arg leads "$LEADS" '{
-      machine: {cpus: '"$(nproc)"'}, leads: ($leads | tonumber), l1_max_mb: ($budget | tonumber),
+    --arg budget "$L1_MAX_MB" --arg leads "$LEADS" --argjson machine "$machine" '{
+      machine: $machine, leads: ($leads | tonumber), l1_max_mb: ($budget | tonumber),
       run: $run,
       l1: {entries: $stats.l1_entries, bytes: $stats.l1_bytes},
       memory_mib: {idle: (($idle | tonumber) / 1024), rss: (($rss | tonumber) / 1024),
@@ -156,10 +207,12 @@ if [ $mode = scale ]; then
   stop_server
   jq -r '
     def f($d): if . == null then "–" else (. * pow(10; $d) | round / pow(10; $d) | tostring) end;
-    "| leads | tier-1 budget | requests | rps | p50 ms | p99 ms | answers from L1 % | L2 % | db % | lookups L1 % | L2 % | tier-1 entries | tier-1 MiB | RSS idle MiB | RSS MiB | peak RSS MiB |",
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    "| \(.leads) | \(.l1_max_mb) MB | \(.run.requests) | \(.run.rps | f(0)) | \(.run.latency_ms.p50 | f(2)) | \(.run.latency_ms.p99 | f(2)) | \(.run.client_hit_pct.l1 | f(1)) | \(.run.client_hit_pct.l2 | f(1)) | \(.run.client_hit_pct.db | f(1)) | \(.run.server.l1_hit_pct | f(1)) | \(.run.server.l2_hit_pct | f(1)) | \(.l1.entries) | \(.l1.bytes / 1048576 | f(1)) | \(.memory_mib.idle | f(0)) | \(.memory_mib.rss | f(0)) | \(.memory_mib.peak | f(0)) |"
+    "| leads | tier-1 budget | requests | rps | p50 ms | p99 ms | server CPU µs/request | answers from L1 % | L2 % | db % | lookups L1 % | L2 % | tier-1 entries | tier-1 MiB | RSS idle MiB | RSS MiB | peak RSS MiB |",
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| \(.leads) | \(.l1_max_mb) MB | \(.run.requests) | \(.run.rps | f(0)) | \(.run.latency_ms.p50 | f(2)) | \(.run.latency_ms.p99 | f(2)) | \(.run.server.cpu_us_per_request | f(1)) | \(.run.client_hit_pct.l1 | f(1)) | \(.run.client_hit_pct.l2 | f(1)) | \(.run.client_hit_pct.db | f(1)) | \(.run.server.l1_hit_pct | f(1)) | \(.run.server.l2_hit_pct | f(1)) | \(.l1.entries) | \(.l1.bytes / 1048576 | f(1)) | \(.memory_mib.idle | f(0)) | \(.memory_mib.rss | f(0)) | \(.memory_mib.peak | f(0)) |"
   ' "$OUT/scale.json" >"$OUT/scale.md"
+  printf '\n%s\n' "$pinning" >>"$OUT/scale.md"
+  no_cpu_note "$OUT/scale.json" .run.server.cpu_us_per_request
   echo
   echo "hotline bench --scale: $LEADS leads, $DURATION_S s, $CONCURRENCY workers, $(nproc) CPUs"
   echo
@@ -195,7 +248,8 @@ stop_server
 
 say "(f) stampede: $STAMPEDE concurrent requests for one cold caller"
 start_server f
-bench f_stampede --scenario stampede --stampede-requests "$STAMPEDE"
+# Its measured phase opens the connections too, so CPU per request would not compare.
+server_cpu=off bench f_stampede --scenario stampede --stampede-requests "$STAMPEDE"
 stop_server
 
 half=$(jq -rs 'map(select(.label == "b_warm"))[0].rps / 2 | floor | if . < 1 then 1 else . end' "$OUT/runs.jsonl")
@@ -211,27 +265,33 @@ say "(g) instrumentation: recording one webhook's metrics, in process"
 
 jq -s --arg leads "$LEADS" --arg quick "$quick" '
   def rate($x; $y): if ($y.rps // 0) > 0 then ($x.rps / $y.rps) else null end;
+  def cpu($x; $y): ($x.server.cpu_us_per_request) as $cx | ($y.server.cpu_us_per_request) as $cy
+    | if $cx != null and ($cy // 0) > 0 then $cx / $cy else null end;
   (map({(.label[0:1]): .}) | add) as $r
   | {
-      machine: {cpus: '"$(nproc)"'},
+      machine: $machine,
       leads: ($leads | tonumber), quick: ($quick == "true"),
       runs: .,
       instrumentation: $instrumentation[0],
-      ratios: {"b/a": rate($r.b; $r.a), "b/c": rate($r.b; $r.c), "b/d": rate($r.b; $r.d)}
-    }' --slurpfile instrumentation "$OUT/instrumentation.jsonl" "$OUT/runs.jsonl" >"$OUT/results.json"
+      ratios: {"b/a": rate($r.b; $r.a), "b/c": rate($r.b; $r.c), "b/d": rate($r.b; $r.d),
+               "CPU b/a": cpu($r.b; $r.a)}
+    }' --argjson machine "$machine" --slurpfile instrumentation "$OUT/instrumentation.jsonl" "$OUT/runs.jsonl" >"$OUT/results.json"
 
-jq -r '
+jq -r --arg pinning "$pinning" '
   def f($d): if . == null then "–" else (. * pow(10; $d) | round / pow(10; $d) | tostring) end;
-  "| scenario | requests | errors | rps | p50 ms | p95 ms | p99 ms | max ms | L1 % | L2 % | loads/request |",
-  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-  (.runs[] | "| \(.label) | \(.requests) | \(.errors) | \(.rps | f(0)) | \(.latency_ms.p50 | f(2)) | \(.latency_ms.p95 | f(2)) | \(.latency_ms.p99 | f(2)) | \(.latency_ms.max | f(2)) | \(.client_hit_pct.l1 | f(1)) | \(.client_hit_pct.l2 | f(1)) | \(.server.loads_per_request | f(4)) |"),
+  "| scenario | requests | errors | rps | p50 ms | p95 ms | p99 ms | max ms | server CPU µs/request | L1 % | L2 % | loads/request |",
+  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  (.runs[] | "| \(.label) | \(.requests) | \(.errors) | \(.rps | f(0)) | \(.latency_ms.p50 | f(2)) | \(.latency_ms.p95 | f(2)) | \(.latency_ms.p99 | f(2)) | \(.latency_ms.max | f(2)) | \(.server.cpu_us_per_request | f(1)) | \(.client_hit_pct.l1 | f(1)) | \(.client_hit_pct.l2 | f(1)) | \(.server.loads_per_request | f(4)) |"),
   "",
-  "Ratios of requests per second: b/a \(.ratios["b/a"] | f(2)), b/c \(.ratios["b/c"] | f(2)), b/d \(.ratios["b/d"] | f(2)).",
+  "Ratios of requests per second: b/a \(.ratios["b/a"] | f(2)), b/c \(.ratios["b/c"] | f(2)), b/d \(.ratios["b/d"] | f(2)). Server CPU per request, CPU b/a: \(.ratios["CPU b/a"] | f(2)) (the warm webhook over /healthz).",
+  "",
+  $pinning,
   "",
   "Instrumentation per webhook: \(.instrumentation.runs | map("\(.instrumentation_ns_per_webhook | f(0)) ns on \(.threads) thread(s)") | join(", ")).",
   "",
   "Stampede store loads by kind: \(.runs[] | select(.scenario == "stampede") | .server.loads | to_entries | map("\(.key) \(.value)") | join(", "))."
 ' "$OUT/results.json" >"$OUT/results.md"
+no_cpu_note "$OUT/results.json" '.runs[] | select(.scenario != "stampede") | .server.cpu_us_per_request'
 
 echo
 echo "hotline bench: $LEADS leads, $DURATION_S s per scenario, $CONCURRENCY workers, $(nproc) CPUs"

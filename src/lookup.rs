@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use uuid::Uuid;
 
 use crate::cache::{
-    Cache, CacheKey, Change, GenKey, Hit, InvalidationSource, Kind, LoadCtx, Miss, Value,
+    Cache, CacheKey, Change, Entry, GenKey, Hit, InvalidationSource, Kind, LoadCtx, Miss, Value,
 };
 use crate::domain::{
     build_context, build_greeting, build_summary, CallOutcome, CallRecord, Channel, Conversation,
@@ -26,11 +26,12 @@ pub use crate::cache::Source;
 /// How many of the newest conversations the context and summary are built from.
 const CONTEXT_CONVERSATIONS: i64 = 5;
 
-/// A looked-up value with where it came from.
+/// A looked-up value with where it came from, and the cache entry it was taken from.
 #[derive(Debug, Clone)]
 pub struct Sourced<T> {
     pub value: T,
     pub source: Source,
+    pub entry: Arc<Entry>,
 }
 
 /// The read-through lookups and the writes.
@@ -107,6 +108,7 @@ fn take<T>(hit: Hit, f: impl FnOnce(&Value) -> Option<T>) -> StoreResult<Sourced
         Some(value) => Ok(Sourced {
             value,
             source: hit.source,
+            entry: hit.entry,
         }),
         None => Err(StoreError::Other(
             "cache entry of an unexpected kind".into(),

@@ -11,7 +11,9 @@ use backon::{ExponentialBuilder, Retryable as _};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cache::{spawn_background, BackgroundConfig, Cache, Liveness, LocalTier, Remote, Ttls};
+use crate::cache::{
+    spawn_background, BackgroundConfig, Cache, Liveness, LocalTier, Remote, TierOneBudget, Ttls,
+};
 use crate::config::{Secret, ServeArgs};
 use crate::http::{self, AppState, Settings};
 use crate::lookup::Lookup;
@@ -52,8 +54,8 @@ fn listen_url(args: &ServeArgs) -> Option<String> {
 /// The two tiers as configured: tier 1 unless `L1_MAX_MB=0`, tier 2 when `REDIS_URL` is set
 /// and `REDIS_ENABLED` is not false.
 fn build_cache(args: &ServeArgs, monitor: &Monitor) -> anyhow::Result<Cache> {
-    let local =
-        (args.l1_max_mb > 0).then(|| LocalTier::new(args.l1_max_mb.saturating_mul(1024 * 1024)));
+    let budget = TierOneBudget::of(args.l1_max_mb.saturating_mul(1024 * 1024));
+    let local = (budget.entries > 0).then(|| LocalTier::new(budget.entries));
     let remote = match (&args.redis_url, args.redis_enabled) {
         (Some(url), true) => Some(Arc::new(
             Remote::new(
@@ -78,6 +80,7 @@ fn build_cache(args: &ServeArgs, monitor: &Monitor) -> anyhow::Result<Cache> {
         Ttls::from_args(&args.ttl, args.stale_grace_s),
         liveness,
         Duration::from_secs(args.l1_max_age_s),
+        budget.mirror,
         monitor.clone(),
     ))
 }

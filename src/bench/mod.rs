@@ -3,9 +3,11 @@
 //! HTTP/1.1 keep-alive over one `reqwest::Client`, a fixed number of workers, callers chosen by
 //! a seeded Zipf distribution over the seeded leads plus a share of unknown callers. Store loads
 //! and tier hits are read from `/api/monitoring/stats/cache` before and after the measured phase;
-//! the answer's `X-Hotline-Source` gives the hit rate per tier as the caller sees it.
+//! the answer's `X-Hotline-Source` gives the hit rate per tier as the caller sees it. With
+//! `--server-pid`, the instance's CPU time over the measured phase is read from `/proc` as well.
 //! `scripts/bench.sh` drives it across scenarios.
 
+pub mod cpu;
 pub mod instrumentation;
 pub mod stats;
 
@@ -107,6 +109,12 @@ pub struct BenchArgs {
     /// The bearer token of the initiation webhook.
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// The process id of the instance under test, when it runs on this machine: its CPU time
+    /// (user and system, all threads, from `/proc/<pid>/stat`) over the measured phase goes in
+    /// the report, in total and per request. Where it cannot be read (no `/proc`), those figures
+    /// are null. The stampede's measured phase includes opening its connections.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// Append the run's JSON object, one per line, to this file.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
@@ -347,6 +355,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     let before = cache_stats(&shared).await?;
+    let meter = args.server_pid.map(cpu::Meter::start);
     let started = Instant::now();
     let (tally, concurrency) = match args.scenario {
         Scenario::Stampede => {
@@ -361,6 +370,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     let elapsed = started.elapsed();
+    let server_cpu = match meter.map(cpu::Meter::stop) {
+        Some(Ok(cpu)) => Some(cpu),
+        Some(Err(why)) => {
+            eprintln!("bench: the server's CPU time is not measured: {why}");
+            None
+        }
+        None => None,
+    };
     // Let loads started by the last requests finish counting.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let after = cache_stats(&shared).await?;
@@ -371,6 +388,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         &args,
         concurrency,
         elapsed,
+        server_cpu,
         tally,
         &before,
         &after,
@@ -630,6 +648,7 @@ fn build_report(
     args: &BenchArgs,
     concurrency: usize,
     elapsed: Duration,
+    server_cpu: Option<Duration>,
     tally: Tally,
     before: &Value,
     after: &Value,
@@ -657,6 +676,7 @@ fn build_report(
         (sum("hits_l1"), sum("hits_l2"), sum("misses"), sum("stale"));
     let lookups = hits_l1 + hits_l2 + misses + stale;
     let secs = elapsed.as_secs_f64();
+    let cpu_s = server_cpu.map(|d| d.as_secs_f64());
 
     let mut source_map = Map::new();
     for s in Source::ALL {
@@ -703,6 +723,17 @@ fn build_report(
             "loads": loads,
             "loads_total": loads_total,
             "loads_per_request": if requests > 0 { json!(loads_total as f64 / requests as f64) } else { Value::Null },
+            // Its CPU time (user and system) over the measured phase, with `--server-pid`: in
+            // seconds, per request in microseconds, and as cores kept busy on average.
+            "cpu_s": cpu_s,
+            "cpu_us_per_request": match cpu_s {
+                Some(s) if requests > 0 => json!(s * 1e6 / requests as f64),
+                _ => Value::Null,
+            },
+            "cpu_cores": match cpu_s {
+                Some(s) if secs > 0.0 => json!(s / secs),
+                _ => Value::Null,
+            },
         },
     })
 }
@@ -724,7 +755,13 @@ fn human_line(r: &Value) -> String {
         l2 = f(&r["client_hit_pct"]["l2"]),
         lpr = r["server"]["loads_per_request"].as_f64().map_or("-".into(), |x| format!("{x:.4}")),
         loads = r["server"]["loads"],
-    ) + &match r["schedule_lateness_ms"].as_object() {
+    ) + &match r["server"]["cpu_us_per_request"].as_f64() {
+        Some(us) => format!(
+            ", server CPU {us:.1} µs/request ({} cores busy)",
+            f(&r["server"]["cpu_cores"])
+        ),
+        None => String::new(),
+    } + &match r["schedule_lateness_ms"].as_object() {
         Some(l) => format!(
             ", left late against the schedule: p99 {} ms, max {} ms",
             f(&l["p99"]),
@@ -747,6 +784,62 @@ mod tests {
         assert_eq!(d.get("organization"), Some(&0));
         assert_eq!(d.get("context"), Some(&2));
         assert!(!d.contains_key("l1_entries"));
+    }
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let argv = ["bench"].iter().chain(extra);
+        <Cli as clap::Parser>::parse_from(argv).bench
+    }
+
+    fn tally(requests: u64) -> Tally {
+        Tally {
+            latencies_us: vec![1_000; requests as usize],
+            ..Tally::default()
+        }
+    }
+
+    #[test]
+    fn the_servers_cpu_time_is_reported_per_request() {
+        let report = build_report(
+            "b_warm",
+            Scenario::Webhook,
+            &args(&["--server-pid", "1"]),
+            8,
+            Duration::from_secs(4),
+            Some(Duration::from_millis(2_500)),
+            tally(10_000),
+            &json!({}),
+            &json!({}),
+        );
+        let server = &report["server"];
+        assert_eq!(server["cpu_s"], json!(2.5));
+        assert_eq!(server["cpu_us_per_request"], json!(250.0));
+        assert_eq!(server["cpu_cores"], json!(0.625));
+        assert!(human_line(&report).contains("server CPU 250.0 µs/request"));
+    }
+
+    #[test]
+    fn without_the_servers_cpu_time_the_fields_are_null() {
+        for (cpu, requests) in [(None, 10), (Some(Duration::from_secs(1)), 0)] {
+            let report = build_report(
+                "a_healthz",
+                Scenario::Healthz,
+                &args(&[]),
+                8,
+                Duration::from_secs(4),
+                cpu,
+                tally(requests),
+                &json!({}),
+                &json!({}),
+            );
+            assert!(report["server"]["cpu_us_per_request"].is_null());
+            assert!(!human_line(&report).contains("server CPU"));
+        }
     }
 
     fn target(caller: &str) -> Target {

@@ -67,7 +67,12 @@ impl Entry {
 
     /// In the last fifth of its time to live: worth refreshing in the background.
     pub fn wants_refresh(&self, now_ms: i64) -> bool {
-        self.is_fresh(now_ms) && self.fresh_until_ms - now_ms < self.ttl_ms / 5
+        self.is_fresh(now_ms) && now_ms > self.refresh_at_ms()
+    }
+
+    /// When the last fifth of its time to live begins.
+    pub fn refresh_at_ms(&self) -> i64 {
+        self.fresh_until_ms - self.ttl_ms / 5
     }
 
     pub fn encode(&self) -> Vec<u8> {

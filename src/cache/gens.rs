@@ -15,15 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use moka::ops::compute::{CompResult, Op};
-use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{GenKey, Kind};
+use super::mirror::Mirror;
 use super::remote::Remote;
 
-/// Generations mirrored in process at most (others are fetched again from Redis).
-const MIRROR_CAPACITY: u64 = 1 << 20;
 /// Generations reconfirmed per Redis call.
 const RECONFIRM_BATCH: usize = 500;
 /// Changes kept while Redis is unreachable; past this many, every kind is invalidated instead.
@@ -134,7 +131,7 @@ const REMOVED: u64 = 0;
 pub const LEAD_PATTERNS: [&str; 2] = ["lead:*", "leadphone:*"];
 
 pub struct Generations {
-    mirror: Cache<GenKey, u64>,
+    mirror: Mirror,
     remote: Option<Arc<Remote>>,
     origin: u64,
     pending: Mutex<Pending>,
@@ -153,14 +150,16 @@ pub struct Generations {
 
 impl Generations {
     /// `mirror_ttl` bounds how long a mirrored generation is trusted without Redis confirming
-    /// it (the tier-1 maximum age), so a lost message costs no more than that.
-    pub fn new(remote: Option<Arc<Remote>>, mirror_ttl: Duration) -> Generations {
+    /// it (the tier-1 maximum age), so a lost message costs no more than that; `mirror_bytes`
+    /// bounds the mirror's memory (a generation it no longer holds is fetched again).
+    pub fn new(
+        remote: Option<Arc<Remote>>,
+        mirror_ttl: Duration,
+        mirror_bytes: u64,
+    ) -> Generations {
         let mirror_ttl = mirror_ttl.max(Duration::from_secs(1));
         Generations {
-            mirror: Cache::builder()
-                .max_capacity(MIRROR_CAPACITY)
-                .time_to_live(mirror_ttl)
-                .build(),
+            mirror: Mirror::new(mirror_ttl, mirror_bytes),
             mirror_ttl,
             remote,
             origin: rand::random(),
@@ -214,7 +213,12 @@ impl Generations {
 
     /// Whether every dependency is current by the mirror alone.
     pub fn all_current_locally(&self, deps: &[(GenKey, u64)]) -> bool {
-        deps.iter().all(|(k, v)| self.mirror.get(k) == Some(*v))
+        self.mirror.all_current(deps)
+    }
+
+    /// The mirror, for checks against a [`super::mirror::Stamp`].
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
     }
 
     fn usable_remote(&self) -> Option<&Arc<Remote>> {
@@ -274,7 +278,7 @@ impl Generations {
                                 } else {
                                     // Only where the mirror is still empty: a message may
                                     // have brought a newer value meanwhile.
-                                    self.mirror.entry(key.clone()).or_insert(v).into_value()
+                                    self.mirror.get_or_insert(key, || v)
                                 });
                             }
                         }
@@ -307,10 +311,7 @@ impl Generations {
     }
 
     fn local_value(&self, key: &GenKey) -> u64 {
-        self.mirror
-            .entry(key.clone())
-            .or_insert_with(new_value)
-            .into_value()
+        self.mirror.get_or_insert(key, new_value)
     }
 
     /// Gives each key of `bump` a new generation and removes those of `remove` (they named a
@@ -425,7 +426,7 @@ impl Generations {
     /// Forgets every mirrored generation: every tier-1 entry becomes invalid at once.
     pub fn flush(&self) {
         let mut awaiting = self.awaiting_echo.lock().expect("not poisoned");
-        self.mirror.invalidate_all();
+        self.mirror.clear();
         awaiting.clear();
         self.flushes.fetch_add(1, Ordering::AcqRel);
     }
@@ -480,7 +481,7 @@ impl Generations {
     /// Reconfirms every mirrored generation with Redis, in batches. Returns how many were
     /// confirmed unchanged, and how many were mirrored.
     pub async fn reconfirm_all(&self) -> (usize, usize) {
-        let keys: Vec<GenKey> = self.mirror.iter().map(|(k, _)| GenKey::clone(&k)).collect();
+        let keys = self.mirror.keys();
         let mut confirmed = 0;
         for batch in keys.chunks(RECONFIRM_BATCH) {
             confirmed += self.reconfirm(batch).await;
@@ -517,15 +518,7 @@ impl Generations {
             {
                 continue;
             }
-            let result =
-                self.mirror
-                    .entry(key.clone())
-                    .and_compute_with(|current| match (current, value) {
-                        (Some(e), Some(v)) if *e.value() == before => Op::Put(v),
-                        (Some(e), None) if *e.value() == before => Op::Remove,
-                        _ => Op::Nop,
-                    });
-            if matches!(result, CompResult::ReplacedWith(_)) && value == Some(before) {
+            if self.mirror.compare_and_set(key, before, value) {
                 confirmed += 1;
             }
         }
@@ -562,7 +555,7 @@ impl Generations {
             self.flush();
         } else {
             for key in &owed.local_only {
-                self.mirror.invalidate(key);
+                self.mirror.remove(key);
             }
         }
         let gens: Vec<GenKey> = if owed.overflow {
@@ -646,7 +639,7 @@ mod tests {
     use uuid::Uuid;
 
     fn gens() -> Generations {
-        Generations::new(None, Duration::from_secs(60))
+        Generations::new(None, Duration::from_secs(60), 1 << 20)
     }
 
     #[tokio::test]

@@ -13,15 +13,16 @@
 //! with `malloc_usable_size`, that is 14% (a context) to 24% (a lead with metadata) more
 //! than counted here, 30 KB on a 199 KB page of history with transcripts.
 
-use std::mem::size_of;
+use std::mem::{size_of, size_of_val};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::answers::Answer;
 use super::entry::{Entry, Value};
 use super::keys::{CacheKey, GenKey, Kind, PhoneTag};
-use super::local::LocalEntry;
+use super::local::{LocalEntry, LocalKey};
 use crate::domain::{
     Channel, Conversation, ConversationBrief, Lead, LeadContext, LeadStatus, Organization, Phone,
 };
@@ -331,7 +332,7 @@ impl HeapSize for Entry {
 ///
 /// | allocation | bytes |
 /// | --- | --- |
-/// | `ValueEntry` in a `MiniArc` (a `u32` count, padding; value `Arc`, two `MiniArc`s) | 32 |
+/// | `ValueEntry` in a `MiniArc` (a `u32` count, padding; the value (two words: which of two `Arc`s), two `MiniArc`s) | 40 |
 /// | `EntryInfo` in a `MiniArc` (key `Arc` and hash, three timestamps, weight, flags) | 64 |
 /// | `Mutex<DeqNodes>` in a `MiniArc` (three node pointers and a generation) | 48 |
 /// | the hash table's `Bucket` (key `Arc`, value `MiniArc`) | 16 |
@@ -339,7 +340,7 @@ impl HeapSize for Entry {
 /// | the access-order deque node (two links, a `MiniArc`) | 24 |
 /// | the timer-wheel node that `expire_after` adds (two links, two `MiniArc`s, position) | 40 |
 /// | the frequency sketch: a `u64` a slot, made once at half full with a quarter to half as many slots as the full cache has entries | 4 |
-/// | total | 252 |
+/// | total | 260 |
 ///
 /// The key's own `Arc` (moka moves the key into one) is counted by [`entry_weight`] with the
 /// key; the write-order deque is not used without `time_to_live`. Not per entry, so not here:
@@ -347,14 +348,14 @@ impl HeapSize for Entry {
 /// reads and writes, and removed entries, which the hash table drops through crossbeam-epoch:
 /// an evicted value waits, whole, in a bag of up to 64 deferred drops per thread until the
 /// epoch moves on. `tests/heap.rs` checks the total against the allocator.
-pub const MOKA_ENTRY_BYTES: usize = 252;
+pub const MOKA_ENTRY_BYTES: usize = 260;
 
 /// The allocator's rounding of the nine fixed allocations of an entry, with glibc's malloc
-/// (an 8-byte header, rounded up to 16 bytes, 32 at least): moka's six above (16 + 16 + 16 +
-/// 16 + 8 + 8 = 80) and the key's `Arc`, the `LocalEntry`'s and the `Entry`'s (8 + 16 + 16 =
+/// (an 8-byte header, rounded up to 16 bytes, 32 at least): moka's six above (8 + 16 + 16 +
+/// 16 + 8 + 8 = 72) and the key's `Arc`, the `LocalEntry`'s and the `Entry`'s (8 + 16 + 16 =
 /// 40; see the test that pins those sizes). The rounding of the value's own buffers is not
 /// counted (see the module's documentation).
-pub const ALLOCATOR_SLACK: usize = 120;
+pub const ALLOCATOR_SLACK: usize = 112;
 
 /// Bookkeeping tier 1 pays per entry beyond its key, its `LocalEntry` and the entry itself.
 pub const TIER1_ENTRY_OVERHEAD: usize = MOKA_ENTRY_BYTES + ALLOCATOR_SLACK;
@@ -363,13 +364,32 @@ pub const TIER1_ENTRY_OVERHEAD: usize = MOKA_ENTRY_BYTES + ALLOCATOR_SLACK;
 /// the `Entry`'s `Arc` with everything it owns, and [`TIER1_ENTRY_OVERHEAD`].
 pub fn entry_weight(key: &CacheKey, entry: &Entry) -> u32 {
     let bytes = ARC_COUNTS
-        + size_of::<CacheKey>()
+        + size_of::<LocalKey>()
         + key.heap_size()
         + ARC_COUNTS
         + size_of::<LocalEntry>()
         + ARC_COUNTS
         + size_of::<Entry>()
         + entry.heap_size()
+        + TIER1_ENTRY_OVERHEAD;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+/// The bytes shared `Bytes` keep beside their buffer (the reference count and the buffer's
+/// pointer and capacity, allocated once the bytes are first shared).
+const BYTES_SHARED: usize = 32;
+
+/// The bytes a rendered answer keeps alive in tier 1: the key's `Arc`, the answer's `Arc` with
+/// its body and dependencies, and [`TIER1_ENTRY_OVERHEAD`].
+pub fn answer_weight(answer: &Answer) -> u32 {
+    let bytes = ARC_COUNTS
+        + size_of::<LocalKey>()
+        + ARC_COUNTS
+        + size_of::<Answer>()
+        + answer.body().len()
+        + BYTES_SHARED
+        + size_of_val(answer.deps())
+        + size_of_val(answer.kinds())
         + TIER1_ENTRY_OVERHEAD;
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
@@ -467,10 +487,10 @@ mod tests {
 
     #[test]
     fn fixed_allocation_sizes_behind_the_slack() {
-        // ALLOCATOR_SLACK rounds these requests: key Arc 56 -> 64, LocalEntry Arc 64 -> 80,
+        // ALLOCATOR_SLACK rounds these requests: key Arc 56 -> 64, LocalEntry Arc 80 -> 96,
         // Entry Arc 80 -> 96 (glibc chunks). A change of these sizes calls for a new figure.
-        assert_eq!(ARC_COUNTS + size_of::<CacheKey>(), 56);
-        assert_eq!(ARC_COUNTS + size_of::<LocalEntry>(), 64);
+        assert_eq!(ARC_COUNTS + size_of::<LocalKey>(), 56);
+        assert_eq!(ARC_COUNTS + size_of::<LocalEntry>(), 80);
         assert_eq!(ARC_COUNTS + size_of::<Entry>(), 80);
     }
 
@@ -488,7 +508,7 @@ mod tests {
         let deps = size_of::<(GenKey, u64)>();
         assert_eq!(
             entry_weight(&key, &entry) as usize,
-            56 + 64 + 80 + text + deps + TIER1_ENTRY_OVERHEAD
+            56 + 80 + 80 + text + deps + TIER1_ENTRY_OVERHEAD
         );
     }
 }

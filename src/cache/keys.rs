@@ -253,7 +253,7 @@ pub fn lead_hash(id: Uuid) -> String {
 
 /// A generation: a random 64-bit value that changes on every write to what it covers. An entry
 /// records the generations it was built under and is valid only while they are all current.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GenKey {
     /// Everything of one kind (bumped by a manual invalidation of that kind, or of all).

@@ -3,12 +3,14 @@
 //! so that a write invalidates everything derived from it, on every instance, without listing
 //! keys, and a fill that raced a write is never served.
 
+mod answers;
 mod changes;
 mod entry;
 mod gens;
 mod heap;
 mod keys;
 mod local;
+mod mirror;
 pub mod remote;
 mod tasks;
 
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
+pub use answers::{Answer, AnswerKey};
 pub use changes::{kinds_of, lead_derived_keys, plan_all, Change, Notification, Plan};
 pub use entry::{now_ms, Entry, Value};
 pub use gens::{Generations, Message, LEAD_PATTERNS};
@@ -30,6 +33,7 @@ pub use remote::{Circuit, Handshake, Remote, RemoteError, ServerInfo};
 pub use tasks::{spawn_background, BackgroundConfig};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 
 use crate::domain::Phone;
 use crate::monitoring::{metrics, Monitor};
@@ -41,6 +45,37 @@ pub const DEGRADED_L1_AGE: Duration = Duration::from_secs(2);
 /// After a load finds the database unavailable, stale values are served at once for this long
 /// instead of waiting on it again.
 const DB_FAILING_FOR_MS: i64 = 2_000;
+
+/// How `L1_MAX_MB` is shared between tier 1's entries and the generation mirror they are
+/// checked against (each caller in tier 1 needs about two generations of its own, a quarter of
+/// what its entries weigh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierOneBudget {
+    /// Bytes for tier-1 entries; 0 when tier 1 is off.
+    pub entries: u64,
+    /// Bytes for the generation mirror (needed by tier 2 too, so never 0).
+    pub mirror: u64,
+}
+
+impl TierOneBudget {
+    /// The mirror's share when tier 1 is off: generations tier-2 reads are checked against.
+    const MIRROR_WITHOUT_TIER_ONE: u64 = 8 << 20;
+    const MIRROR_AT_LEAST: u64 = 256 << 10;
+
+    pub fn of(total_bytes: u64) -> TierOneBudget {
+        if total_bytes == 0 {
+            return TierOneBudget {
+                entries: 0,
+                mirror: Self::MIRROR_WITHOUT_TIER_ONE,
+            };
+        }
+        let mirror = (total_bytes / 4).max(Self::MIRROR_AT_LEAST);
+        TierOneBudget {
+            entries: total_bytes.saturating_sub(mirror).max(1),
+            mirror,
+        }
+    }
+}
 
 /// Where a looked-up value came from, least fresh first (the order of `X-Hotline-Source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -118,6 +153,15 @@ pub struct KindStats {
     pub loads: AtomicU64,
     pub load_errors: AtomicU64,
     pub invalidations: AtomicU64,
+}
+
+/// Counters of rendered answers, since start.
+#[derive(Debug, Default)]
+pub struct AnswerStats {
+    /// Answers served as rendered before.
+    pub served: AtomicU64,
+    /// Answers rendered and kept for the next call.
+    pub kept: AtomicU64,
 }
 
 /// Which invalidation channels are connected right now, and which are expected.
@@ -238,6 +282,7 @@ pub struct Cache {
     ttls: Ttls,
     inflight: Mutex<HashMap<CacheKey, InFlight>>,
     stats: [KindStats; 7],
+    answers: AnswerStats,
     invalidations_by_source: [AtomicU64; 5],
     /// Turns phone numbers into the tags that name them in Redis (the deployment's key, from
     /// the Redis handshake; this process's own until then).
@@ -276,15 +321,17 @@ impl Cache {
         ttls: Ttls,
         liveness: Arc<Liveness>,
         max_trust: Duration,
+        mirror_bytes: u64,
         monitor: Monitor,
     ) -> Cache {
         Cache {
             local,
-            gens: Arc::new(Generations::new(remote.clone(), max_trust)),
+            gens: Arc::new(Generations::new(remote.clone(), max_trust, mirror_bytes)),
             remote,
             ttls,
             inflight: Mutex::new(HashMap::new()),
             stats: Default::default(),
+            answers: AnswerStats::default(),
             invalidations_by_source: Default::default(),
             tagger: ArcSwap::from_pointee(PhoneTagger::random()),
             server: Mutex::new(None),
@@ -394,6 +441,15 @@ impl Cache {
         self.invalidations_by_source[source as usize].load(Ordering::Relaxed)
     }
 
+    pub fn answer_stats(&self) -> &AnswerStats {
+        &self.answers
+    }
+
+    /// (entries, bytes) in the generation mirror.
+    pub fn mirror_usage(&self) -> (u64, u64) {
+        self.gens.mirror().usage()
+    }
+
     /// (entries, bytes) in tier 1.
     pub fn local_usage(&self) -> (u64, u64) {
         self.local.as_ref().map_or((0, 0), LocalTier::usage)
@@ -417,6 +473,55 @@ impl Cache {
         now_ms() < self.db_failing_until_ms.load(Ordering::Acquire)
     }
 
+    /// The rendered answer kept for `key`, if it may be served: rendered from entries that are
+    /// all still current, trusted, and before its time of day changes. Counts as a tier-1 hit
+    /// of each kind it was rendered from.
+    pub fn answer(&self, key: &AnswerKey) -> Option<Bytes> {
+        let local = self.local.as_ref()?;
+        let answer = local.answer(key)?;
+        let now = now_ms();
+        let trusted =
+            self.liveness.invalidations_live() || answer.inserted.elapsed() < DEGRADED_L1_AGE;
+        if !(trusted && answer.is_fresh(now)) {
+            return None;
+        }
+        if !answer.stamp.check(self.gens.mirror(), answer.deps(), now) {
+            local.remove_answer(key);
+            return None;
+        }
+        self.answers.served.fetch_add(1, Ordering::Relaxed);
+        for kind in answer.kinds() {
+            self.stats(*kind).hits_l1.fetch_add(1, Ordering::Relaxed);
+            self.monitor.record_cache(kind.as_str(), "l1_hit");
+        }
+        Some(answer.body().clone())
+    }
+
+    /// Keeps an answer rendered from `entries` (served until `valid_until_ms` at most), unless
+    /// tier 1 is off or a write has already made one of them old.
+    pub fn keep_answer(
+        &self,
+        key: AnswerKey,
+        body: Bytes,
+        entries: &[&Entry],
+        valid_until_ms: i64,
+        lead: Option<uuid::Uuid>,
+    ) {
+        let Some(local) = &self.local else {
+            return;
+        };
+        let Some(answer) = Answer::new(body, entries, valid_until_ms, lead) else {
+            return;
+        };
+        if answer
+            .stamp
+            .check(self.gens.mirror(), answer.deps(), now_ms())
+        {
+            local.insert_answer(key, answer);
+            self.answers.kept.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Reads `key` through the tiers, loading it with `load` on a miss. Concurrent misses on one
     /// key share one load, which runs on its own task: a caller that gives up (its deadline
     /// passed) does not cancel it, and it fills the cache for the next caller. When the store
@@ -438,7 +543,10 @@ impl Cache {
 
         if let Some(local) = &self.local {
             if let Some(found) = local.get(&key) {
-                if self.gens.all_current_locally(&found.entry.deps) {
+                if found
+                    .stamp
+                    .check(self.gens.mirror(), &found.entry.deps, now)
+                {
                     let trusted = self.liveness.invalidations_live()
                         || found.inserted.elapsed() < DEGRADED_L1_AGE;
                     if trusted && found.entry.is_fresh(now) {
@@ -649,11 +757,14 @@ impl Cache {
     /// generations, trusted, and within its time to live.
     fn fresh_local(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         let found = self.local.as_ref()?.get(key)?;
+        let now = now_ms();
         let trusted =
             self.liveness.invalidations_live() || found.inserted.elapsed() < DEGRADED_L1_AGE;
         (trusted
-            && found.entry.is_fresh(now_ms())
-            && self.gens.all_current_locally(&found.entry.deps))
+            && found.entry.is_fresh(now)
+            && found
+                .stamp
+                .check(self.gens.mirror(), &found.entry.deps, now))
         .then(|| found.entry.clone())
     }
 
@@ -748,6 +859,7 @@ impl Cache {
                 local.remove(key);
             }
         }
+        self.drop_answers_of_deleted(&plan.remove);
         let mut delete: Vec<String> = plan.forget.iter().map(|k| k.redis_location().0).collect();
         delete.sort();
         delete.dedup();
@@ -758,6 +870,22 @@ impl Cache {
             self.purge_leads().await;
         }
         plan
+    }
+
+    /// Drops the rendered answers of deleted leads (named by the generations removed with them):
+    /// stale answers are never served, but these carry personal data, which leaves memory now
+    /// rather than when the answers would have aged out.
+    fn drop_answers_of_deleted(&self, removed: &[GenKey]) {
+        if let Some(local) = &self.local {
+            let leads: Vec<uuid::Uuid> = removed
+                .iter()
+                .filter_map(|g| match g {
+                    GenKey::Lead(id) => Some(*id),
+                    _ => None,
+                })
+                .collect();
+            local.remove_answers_of(&leads);
+        }
     }
 
     /// Counts what a change of `gens` invalidates, per kind.
@@ -809,6 +937,7 @@ impl Cache {
                 .chain(message.removed.iter().cloned())
                 .collect();
             self.count_invalidation(&gens, InvalidationSource::PubSub);
+            self.drop_answers_of_deleted(&message.removed);
             if message.flush {
                 if let Some(local) = &self.local {
                     local.clear();

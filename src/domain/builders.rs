@@ -142,6 +142,22 @@ impl TimeOfDay {
     }
 }
 
+/// The first moment after `now` at which the time of day in `tz` is no longer what it is at
+/// `now` (what a greeting says changes then). Every timezone's offset is a whole number of
+/// quarter hours, so the change falls on a quarter hour of UTC; daylight-saving jumps are
+/// handled by looking at local time after each step.
+pub fn next_time_of_day_change(tz: chrono_tz::Tz, now: DateTime<Utc>) -> DateTime<Utc> {
+    const QUARTER: i64 = 15 * 60;
+    let at = |t: DateTime<Utc>| TimeOfDay::at_hour(t.with_timezone(&tz).hour());
+    let current = at(now);
+    let start = now.timestamp() - now.timestamp().rem_euclid(QUARTER);
+    // The longest stretch of one time of day is 12 hours (evening), plus a DST hour.
+    (1..=4 * 14)
+        .filter_map(|n| DateTime::<Utc>::from_timestamp(start + n * QUARTER, 0))
+        .find(|t| at(*t) != current)
+        .unwrap_or(now + chrono::Duration::hours(1))
+}
+
 /// The greeting for a caller on a channel.
 ///
 /// With an organization `greeting_template`, its placeholders are filled: `{greeting}` ("Good
@@ -456,5 +472,34 @@ mod tests {
         let s = build_summary(&ctx.recent_conversations);
         assert_eq!(s.chars().count(), SUMMARY_MAX_CHARS);
         assert!(s.ends_with('…'));
+    }
+
+    #[test]
+    fn the_time_of_day_changes_at_the_organizations_boundaries() {
+        let chicago: chrono_tz::Tz = "America/Chicago".parse().unwrap();
+        // 11:59:30 in Chicago (CST, UTC-6): afternoon begins at noon.
+        let now = Utc.with_ymd_and_hms(2026, 1, 15, 17, 59, 30).unwrap();
+        assert_eq!(
+            next_time_of_day_change(chicago, now),
+            Utc.with_ymd_and_hms(2026, 1, 15, 18, 0, 0).unwrap()
+        );
+        // Evening from 17:00 to 05:00 local: 12 hours on.
+        let evening = Utc.with_ymd_and_hms(2026, 1, 15, 23, 0, 0).unwrap();
+        assert_eq!(
+            next_time_of_day_change(chicago, evening),
+            Utc.with_ymd_and_hms(2026, 1, 16, 11, 0, 0).unwrap()
+        );
+        // A half-hour offset: Kolkata is UTC+5:30, so its noon is 06:30 UTC.
+        let kolkata: chrono_tz::Tz = "Asia/Kolkata".parse().unwrap();
+        let morning = Utc.with_ymd_and_hms(2026, 1, 15, 5, 10, 0).unwrap();
+        assert_eq!(
+            next_time_of_day_change(kolkata, morning),
+            Utc.with_ymd_and_hms(2026, 1, 15, 6, 30, 0).unwrap()
+        );
+        // Across the spring-forward night in Chicago (02:00 CST becomes 03:00 CDT).
+        let night = Utc.with_ymd_and_hms(2026, 3, 8, 6, 0, 0).unwrap();
+        let change = next_time_of_day_change(chicago, night);
+        assert_eq!(change, Utc.with_ymd_and_hms(2026, 3, 8, 10, 0, 0).unwrap());
+        assert_eq!(change.with_timezone(&chicago).hour(), 5);
     }
 }

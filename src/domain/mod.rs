@@ -5,8 +5,8 @@ mod model;
 mod phone;
 
 pub use builders::{
-    build_context, build_greeting, build_summary, ConversationBrief, LeadContext, TimeOfDay,
-    SUMMARY_MAX_CHARS,
+    build_context, build_greeting, build_summary, next_time_of_day_change, ConversationBrief,
+    LeadContext, TimeOfDay, SUMMARY_MAX_CHARS,
 };
 pub use model::{
     CallOutcome, CallRecord, Channel, Conversation, ConversationStats, Lead, LeadPatch, LeadStatus,

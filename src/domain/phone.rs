@@ -120,6 +120,14 @@ impl Phone {
         self.0.capacity()
     }
 
+    /// The number as an integer: its E.164 digits (at most 15, so it always fits).
+    pub fn digits(&self) -> u64 {
+        self.0
+            .bytes()
+            .filter(u8::is_ascii_digit)
+            .fold(0, |n, d| n * 10 + u64::from(d - b'0'))
+    }
+
     /// Trusts a value read back from the store, where only E.164 strings are written.
     pub fn from_stored(e164: String) -> Phone {
         Phone(e164)

@@ -126,7 +126,8 @@ async fn dashboard() -> impl IntoResponse {
 }
 
 /// One object per kind (since start: tier hits, misses, loads, invalidations, the kind's TTL),
-/// and the size of tier 1.
+/// the size of tier 1 and of the generation mirror, and how many rendered webhook answers were
+/// kept and served.
 async fn cache_stats(State(state): State<AppState>) -> impl IntoResponse {
     use std::sync::atomic::Ordering::Relaxed;
     let cache = state.lookup.cache();
@@ -159,6 +160,14 @@ async fn cache_stats(State(state): State<AppState>) -> impl IntoResponse {
     let (entries, bytes) = cache.local_usage();
     kinds.insert("l1_entries".into(), json!(entries));
     kinds.insert("l1_bytes".into(), json!(bytes));
+    let (mirror_entries, mirror_bytes) = cache.mirror_usage();
+    kinds.insert("mirror_entries".into(), json!(mirror_entries));
+    kinds.insert("mirror_bytes".into(), json!(mirror_bytes));
+    let answers = cache.answer_stats();
+    kinds.insert(
+        "answers".into(),
+        json!({"served": answers.served.load(Relaxed), "kept": answers.kept.load(Relaxed)}),
+    );
     kinds.insert(
         "negative_ttl_s".into(),
         json!(cache.ttls().negative.as_secs()),

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body as RawBody;
 use axum::extract::{Extension, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use chrono::Utc;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, StreamExt};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Map, Value};
@@ -21,8 +22,11 @@ use super::auth::WebhookCaller;
 use super::input::Body;
 use super::limits::{BodyError, BodyLedger};
 use super::{ApiError, AppState, Result};
-use crate::domain::{build_summary, Channel, Lead, LeadContext, Organization, Phone};
-use crate::lookup::Source;
+use crate::cache::{AnswerKey, Entry};
+use crate::domain::{
+    build_summary, next_time_of_day_change, Channel, Lead, LeadContext, Organization, Phone,
+};
+use crate::lookup::{Source, Sourced};
 use crate::monitoring::metrics;
 use crate::postcall::{self, Applied, ApplyError};
 use crate::store::StoreError;
@@ -73,6 +77,8 @@ struct Known {
     organization: Option<Arc<Organization>>,
     lead: Option<Arc<Lead>>,
     context: Option<Arc<LeadContext>>,
+    /// The cache entries the answer is built from.
+    entries: Vec<Arc<Entry>>,
     /// The least fresh source of the lookups made; `None` before any.
     source: Option<Source>,
     /// False when a lookup failed or the deadline cut the lookups short.
@@ -80,8 +86,10 @@ struct Known {
 }
 
 impl Known {
-    fn saw(&mut self, source: Source) {
+    fn saw<T>(&mut self, found: &Sourced<T>) {
+        let source = found.source;
         self.source = Some(self.source.map_or(source, |s| s.min(source)));
+        self.entries.push(found.entry.clone());
     }
 
     fn answer_source(&self) -> Source {
@@ -118,6 +126,13 @@ async fn conversation_initiation(
     let caller = lenient_str(&body, "caller_id").and_then(|c| Phone::from_caller_id(c, region));
     let called = lenient_str(&body, "called_number").and_then(|c| Phone::from_caller_id(c, region));
 
+    // A warm call: the answer rendered for this pair before, if nothing it shows has changed.
+    let key = called.as_ref().map(|c| AnswerKey::new(c, caller.as_ref()));
+    if let Some(rendered) = key.and_then(|k| state.lookup.cache().answer(&k)) {
+        metrics::webhook_answer(Source::L1.as_str());
+        return Ok(answer_response(rendered, Source::L1));
+    }
+
     // Leave a little of the budget for building and writing the answer.
     let deadline = state.settings.webhook_deadline;
     let budget = deadline
@@ -139,13 +154,49 @@ async fn conversation_initiation(
     }
     let source = known.answer_source();
     metrics::webhook_answer(source.as_str());
-    let answer = initiation_answer(&state, &known);
-    let mut response = Json(answer).into_response();
-    response.headers_mut().insert(
-        "x-hotline-source",
-        HeaderValue::from_static(source.as_str()),
-    );
-    Ok(response)
+    let now = Utc::now();
+    let answer = initiation_answer(&state, &known, now);
+    let body = Bytes::from(serde_json::to_vec(&answer).expect("JSON values serialise"));
+    // Kept for the next call of this pair when every lookup succeeded with current data.
+    if let Some(key) = key.filter(|_| source >= Source::Db) {
+        let entries: Vec<&Entry> = known.entries.iter().map(AsRef::as_ref).collect();
+        let changes_at = next_time_of_day_change(greeting_timezone(&known), now);
+        state.lookup.cache().keep_answer(
+            key,
+            body.clone(),
+            &entries,
+            changes_at.timestamp_millis(),
+            known.lead.as_ref().map(|l| l.id),
+        );
+    }
+    Ok(answer_response(body, source))
+}
+
+fn answer_response(body: Bytes, source: Source) -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                HeaderName::from_static("x-hotline-source"),
+                HeaderValue::from_static(source.as_str()),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The timezone whose time of day the greeting names.
+fn greeting_timezone(known: &Known) -> chrono_tz::Tz {
+    known
+        .context
+        .as_deref()
+        .map(|c| &c.organization)
+        .or(known.organization.as_deref())
+        .map_or(chrono_tz::UTC, Organization::tz)
 }
 
 /// Fills `known` step by step, so that whatever was found before the deadline is used.
@@ -164,19 +215,19 @@ async fn look_up_caller(
         let org = lookup
             .organization_by_phone(&called, Some(deadline))
             .await?;
-        known.saw(org.source);
+        known.saw(&org);
         known.organization = org.value;
         let (Some(org), Some(caller)) = (&known.organization, &known.caller) else {
             return Ok(());
         };
         let lead = lookup.lead_by_phone(org.id, caller, Some(deadline)).await?;
-        known.saw(lead.source);
+        known.saw(&lead);
         known.lead = lead.value;
         let Some(lead) = &known.lead else {
             return Ok(());
         };
         let context = lookup.context(lead.id, Some(deadline)).await?;
-        known.saw(context.source);
+        known.saw(&context);
         known.context = Some(context.value);
         Ok(())
     }
@@ -189,18 +240,15 @@ async fn look_up_caller(
     }
 }
 
-fn initiation_answer(state: &AppState, known: &Known) -> Value {
+fn initiation_answer(state: &AppState, known: &Known, now: DateTime<Utc>) -> Value {
     let org = known.organization.as_deref();
     let lead = known.lead.as_deref();
     let ctx = known.context.as_deref();
     let greeting = match ctx {
-        Some(c) => crate::domain::build_greeting(
-            Some(&c.organization),
-            Some(c),
-            Channel::Voice,
-            Utc::now(),
-        ),
-        None => state.lookup.anonymous_greeting(org, Channel::Voice),
+        Some(c) => {
+            crate::domain::build_greeting(Some(&c.organization), Some(c), Channel::Voice, now)
+        }
+        None => crate::domain::build_greeting(org, None, Channel::Voice, now),
     };
     let organization_name = ctx
         .map(|c| c.organization.name.clone())

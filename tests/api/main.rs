@@ -2,6 +2,7 @@
 
 mod support;
 
+mod answers;
 mod cache;
 mod continuity;
 mod embedded;
