@@ -247,7 +247,8 @@ bench e_cold --scenario webhook
 stop_server
 
 say "(f) stampede: $STAMPEDE concurrent requests for one cold caller"
-start_server f
+# Every request of the stampede holds a connection of its own.
+start_server f MAX_CONNECTIONS=$((STAMPEDE + 64))
 # Its measured phase opens the connections too, so CPU per request would not compare.
 server_cpu=off bench f_stampede --scenario stampede --stampede-requests "$STAMPEDE"
 stop_server

@@ -216,6 +216,12 @@ impl Generations {
         self.mirror.all_current(deps)
     }
 
+    /// Whether a write has moved one of `deps` as far as the mirror knows (a generation it does
+    /// not hold is no evidence either way).
+    pub fn any_changed_locally(&self, deps: &[(GenKey, u64)]) -> bool {
+        self.mirror.any_changed(deps)
+    }
+
     /// The mirror, for checks against a [`super::mirror::Stamp`].
     pub fn mirror(&self) -> &Mirror {
         &self.mirror

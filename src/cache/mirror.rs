@@ -153,6 +153,13 @@ impl Mirror {
         self.map.iter().map(|(k, _)| GenKey::clone(&k)).collect()
     }
 
+    /// Whether the mirror holds another value for one of the dependencies (a write moved it).
+    /// A generation the mirror does not hold (evicted, never read here) is not a change.
+    pub fn any_changed(&self, deps: &[(GenKey, u64)]) -> bool {
+        deps.iter()
+            .any(|(key, value)| self.map.get(key).is_some_and(|g| g.value != *value))
+    }
+
     /// Whether every dependency is current and trusted.
     pub fn all_current(&self, deps: &[(GenKey, u64)]) -> bool {
         self.trusted_until(deps, now_ms()).is_some()

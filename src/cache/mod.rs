@@ -34,6 +34,7 @@ pub use tasks::{spawn_background, BackgroundConfig};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use mirror::Stamp;
 
 use crate::domain::Phone;
 use crate::monitoring::{metrics, Monitor};
@@ -476,7 +477,7 @@ impl Cache {
     /// The rendered answer kept for `key`, if it may be served: rendered from entries that are
     /// all still current, trusted, and before its time of day changes. Counts as a tier-1 hit
     /// of each kind it was rendered from.
-    pub fn answer(&self, key: &AnswerKey) -> Option<Bytes> {
+    pub async fn answer(&self, key: &AnswerKey) -> Option<Bytes> {
         let local = self.local.as_ref()?;
         let answer = local.answer(key)?;
         let now = now_ms();
@@ -485,7 +486,7 @@ impl Cache {
         if !(trusted && answer.is_fresh(now)) {
             return None;
         }
-        if !answer.stamp.check(self.gens.mirror(), answer.deps(), now) {
+        if !self.deps_current(&answer.stamp, answer.deps(), now).await {
             local.remove_answer(key);
             return None;
         }
@@ -513,10 +514,7 @@ impl Cache {
         let Some(answer) = Answer::new(body, entries, valid_until_ms, lead) else {
             return;
         };
-        if answer
-            .stamp
-            .check(self.gens.mirror(), answer.deps(), now_ms())
-        {
+        if !self.gens.any_changed_locally(answer.deps()) {
             local.insert_answer(key, answer);
             self.answers.kept.fetch_add(1, Ordering::Relaxed);
         }
@@ -543,9 +541,9 @@ impl Cache {
 
         if let Some(local) = &self.local {
             if let Some(found) = local.get(&key) {
-                if found
-                    .stamp
-                    .check(self.gens.mirror(), &found.entry.deps, now)
+                if self
+                    .deps_current(&found.stamp, &found.entry.deps, now)
+                    .await
                 {
                     let trusted = self.liveness.invalidations_live()
                         || found.inserted.elapsed() < DEGRADED_L1_AGE;
@@ -634,7 +632,7 @@ impl Cache {
         // A joined load may have read before a write that completed before this call began:
         // its generations are no longer current. Load again, ourselves.
         if let Some(Ok(entry)) = &outcome {
-            if joined != 0 && !self.gens.all_current_locally(&entry.deps) {
+            if joined != 0 && self.gens.any_changed_locally(&entry.deps) {
                 if let Some(Pending::Load(pending, _)) =
                     self.load_shared(key, &mut load, Join::NewerThan(joined))
                 {
@@ -670,6 +668,23 @@ impl Cache {
                 None => Err(Miss::Deadline),
             },
         }
+    }
+
+    /// Whether every generation of `deps` is current: by the entry's stamp when the mirror has
+    /// not changed since it was taken (one atomic load), else by the mirror, else, for
+    /// generations the mirror no longer holds or no longer trusts, by asking for them (from
+    /// Redis, as a tier-2 read does). A tier-1 entry whose generations were evicted from the
+    /// mirror's byte budget is thus confirmed, not thrown away.
+    async fn deps_current(&self, stamp: &Stamp, deps: &[(GenKey, u64)], now: i64) -> bool {
+        if stamp.check(self.gens.mirror(), deps, now) {
+            return true;
+        }
+        if self.gens.any_changed_locally(deps) {
+            return false;
+        }
+        let keys: Vec<GenKey> = deps.iter().map(|(k, _)| k.clone()).collect();
+        let current = self.gens.current(&keys, false).await;
+        deps.iter().zip(&current).all(|((_, v), c)| v == c)
     }
 
     /// The tier-2 value of `key`, if it was built under the current generations.
@@ -827,7 +842,9 @@ impl Cache {
 
     /// Stores a freshly loaded entry in both tiers, unless a write has made it old already.
     fn fill(&self, key: &CacheKey, entry: &Arc<Entry>) {
-        if !self.gens.all_current_locally(&entry.deps) {
+        // A generation the mirror no longer holds (its byte budget evicted it) is checked when
+        // the entry is read; Redis checks its own before it stores the entry.
+        if self.gens.any_changed_locally(&entry.deps) {
             return;
         }
         let bytes = entry.encode();

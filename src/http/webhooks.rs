@@ -128,7 +128,10 @@ async fn conversation_initiation(
 
     // A warm call: the answer rendered for this pair before, if nothing it shows has changed.
     let key = called.as_ref().map(|c| AnswerKey::new(c, caller.as_ref()));
-    if let Some(rendered) = key.and_then(|k| state.lookup.cache().answer(&k)) {
+    if let Some(rendered) = match key {
+        Some(k) => state.lookup.cache().answer(&k).await,
+        None => None,
+    } {
         metrics::webhook_answer(Source::L1.as_str());
         return Ok(answer_response(rendered, Source::L1));
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 
 use crate::cache::{call, pair_on, PROPAGATION, STRANGER};
@@ -200,4 +201,79 @@ async fn without_tier_one_nothing_is_rendered_ahead() {
     }
     assert_eq!(served(&a), 0);
     assert_eq!(a.cache.answer_stats().kept.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generations_evicted_from_the_mirror_are_confirmed_not_reloaded() {
+    // 1 MiB of tier 1 leaves a quarter of it (about 1,200 generations) to the mirror: far
+    // fewer than 2,000 callers' generations. What it evicts is asked of Redis again, never of
+    // the database, and the mirror stays within its bytes.
+    let db = Arc::new(TestDb::postgres().await);
+    hotline::store::connect(&db.url)
+        .await
+        .expect("store opens")
+        .migrate()
+        .await
+        .expect("store migrates");
+    let mut flags = redis_flags(&redis_url(), &unique_prefix());
+    flags.extend(["--webhook-deadline-ms", "5000", "--l1-max-mb", "1"].map(String::from));
+    hotline::seed::seed(
+        &db.url,
+        &hotline::seed::SeedOptions {
+            organizations: 4,
+            leads: 2_000,
+            conversations_per_lead: 1,
+            seed: 11,
+        },
+    )
+    .await
+    .expect("seeded");
+    // Started after the seeding, so that its change notifications are not still arriving.
+    let (app, _other) = pair_on(db.clone(), &flags).await;
+    let mut conn = db.pg_connection().await;
+    let pairs: Vec<(String, String)> = sqlx::query_as(
+        "select l.phone_number, o.phone_number from leads l \
+         join organizations o on o.id = l.organization_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(pairs.len(), 2_000);
+    let round = |pairs: Vec<(String, String)>| {
+        let app = &app;
+        async move {
+            futures_util::stream::iter(pairs)
+                .map(|(caller, called)| async move {
+                    let body = crate::webhooks::initiation_body(&caller, &called);
+                    let (vars, source) =
+                        crate::webhooks::initiation_ok(app.initiate(&body).await).await;
+                    assert_ne!(vars["lead_id"], "", "{caller} is a known caller");
+                    source
+                })
+                .buffer_unordered(8)
+                .collect::<Vec<String>>()
+                .await
+        }
+    };
+    let loads = |app: &TestApp| -> u64 {
+        hotline::cache::Kind::ALL
+            .iter()
+            .map(|k| app.cache.stats(*k).loads.load(Ordering::Relaxed))
+            .sum()
+    };
+    round(pairs.clone()).await;
+    let after_first = loads(&app);
+    assert!(after_first > 0, "the first round loaded from the database");
+    let sources = round(pairs).await;
+    assert_eq!(loads(&app), after_first, "the second round loaded again");
+    assert!(
+        sources.iter().all(|s| s == "l1" || s == "l2"),
+        "every answer of the second round came from the cache: {:?}",
+        sources.iter().filter(|s| *s != "l1" && *s != "l2").count()
+    );
+    let (entries, bytes) = app.cache.mirror_usage();
+    assert!(
+        bytes <= 256 * 1024,
+        "the mirror holds {bytes} bytes in {entries} entries, over its 256 KiB"
+    );
 }
