@@ -282,9 +282,6 @@ pub struct Cache {
     gens: Arc<Generations>,
     ttls: Ttls,
     inflight: Mutex<HashMap<CacheKey, InFlight>>,
-    /// Keys whose tier-2 fill is on its way (with how many fills): such an entry is not in Redis
-    /// yet, so a rendered answer does not push it out of tier 1.
-    filling: Arc<Mutex<HashMap<CacheKey, usize>>>,
     stats: [KindStats; 7],
     answers: AnswerStats,
     invalidations_by_source: [AtomicU64; 5],
@@ -334,7 +331,6 @@ impl Cache {
             remote,
             ttls,
             inflight: Mutex::new(HashMap::new()),
-            filling: Arc::default(),
             stats: Default::default(),
             answers: AnswerStats::default(),
             invalidations_by_source: Default::default(),
@@ -526,12 +522,9 @@ impl Cache {
         if !self.gens.any_changed_locally(answer.deps()) {
             local.insert_answer(key, answer);
             self.answers.kept.fetch_add(1, Ordering::Relaxed);
-            // Only what Redis holds, to be read from there again: not while Redis is out of
-            // reach (or absent: tier 1 is then all there is), nor while an entry's fill is on
-            // its way (concurrent callers of a cold caller would load it again).
-            if self.remote.as_ref().is_some_and(|r| r.breaker.is_closed()) {
-                let filling = self.filling.lock().expect("not poisoned");
-                for key in superseded.iter().filter(|k| !filling.contains_key(k)) {
+            // Only with Redis to read them from again; alone, tier 1 is all there is.
+            if self.remote.is_some() {
+                for key in superseded {
                     local.remove(key);
                 }
             }
@@ -873,21 +866,8 @@ impl Cache {
             let remote = remote.clone();
             let key = key.clone();
             let entry = entry.clone();
-            let filling = self.filling.clone();
-            *filling
-                .lock()
-                .expect("not poisoned")
-                .entry(key.clone())
-                .or_default() += 1;
             tokio::spawn(async move {
                 let _ = remote.fill(&key, &entry, &bytes).await;
-                let mut filling = filling.lock().expect("not poisoned");
-                if let Some(n) = filling.get_mut(&key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        filling.remove(&key);
-                    }
-                }
             });
         }
     }
