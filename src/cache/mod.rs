@@ -499,11 +499,7 @@ impl Cache {
     }
 
     /// Keeps an answer rendered from `entries` (served until `valid_until_ms` at most), unless
-    /// tier 1 is off or a write has already made one of them old. The entries named by
-    /// `superseded` (one caller's lookups, which the answer now stands for) leave tier 1: the
-    /// answer holds what the webhook needs of them in a fraction of their bytes, and they are
-    /// read from Redis when the answer is rendered again. Entries many answers share (an
-    /// organization) stay.
+    /// tier 1 is off or a write has already made one of them old.
     pub fn keep_answer(
         &self,
         key: AnswerKey,
@@ -511,7 +507,6 @@ impl Cache {
         entries: &[&Entry],
         valid_until_ms: i64,
         lead: Option<uuid::Uuid>,
-        superseded: &[CacheKey],
     ) {
         let Some(local) = &self.local else {
             return;
@@ -522,12 +517,6 @@ impl Cache {
         if !self.gens.any_changed_locally(answer.deps()) {
             local.insert_answer(key, answer);
             self.answers.kept.fetch_add(1, Ordering::Relaxed);
-            // Only with Redis to read them from again; alone, tier 1 is all there is.
-            if self.remote.is_some() {
-                for key in superseded {
-                    local.remove(key);
-                }
-            }
         }
     }
 

@@ -22,7 +22,7 @@ use super::auth::WebhookCaller;
 use super::input::Body;
 use super::limits::{BodyError, BodyLedger};
 use super::{ApiError, AppState, Result};
-use crate::cache::{AnswerKey, CacheKey, Entry};
+use crate::cache::{AnswerKey, Entry};
 use crate::domain::{
     build_summary, next_time_of_day_change, Channel, Lead, LeadContext, Organization, Phone,
 };
@@ -164,22 +164,12 @@ async fn conversation_initiation(
     if let Some(key) = key.filter(|_| source >= Source::Db) {
         let entries: Vec<&Entry> = known.entries.iter().map(AsRef::as_ref).collect();
         let changes_at = next_time_of_day_change(greeting_timezone(&known), now);
-        let cache = state.lookup.cache();
-        // The caller's own lookups; the organization's is shared by all its callers.
-        let mut superseded = Vec::new();
-        if let (Some(org), Some(caller)) = (&known.organization, &known.caller) {
-            superseded.push(CacheKey::LeadByPhone(org.id, cache.phone_tag(caller)));
-        }
-        if let Some(lead) = &known.lead {
-            superseded.push(CacheKey::Context(lead.id));
-        }
-        cache.keep_answer(
+        state.lookup.cache().keep_answer(
             key,
             body.clone(),
             &entries,
             changes_at.timestamp_millis(),
             known.lead.as_ref().map(|l| l.id),
-            &superseded,
         );
     }
     Ok(answer_response(body, source))
