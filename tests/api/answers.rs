@@ -215,8 +215,20 @@ async fn generations_evicted_from_the_mirror_are_confirmed_not_reloaded() {
         .migrate()
         .await
         .expect("store migrates");
+    // Redis calls get a roomy timeout: on a busy machine the default 25 ms opens the breaker,
+    // and reads that skip Redis rightly go to the database.
     let mut flags = redis_flags(&redis_url(), &unique_prefix());
-    flags.extend(["--webhook-deadline-ms", "5000", "--l1-max-mb", "1"].map(String::from));
+    flags.extend(
+        [
+            "--webhook-deadline-ms",
+            "5000",
+            "--l1-max-mb",
+            "1",
+            "--redis-timeout-ms",
+            "2000",
+        ]
+        .map(String::from),
+    );
     hotline::seed::seed(
         &db.url,
         &hotline::seed::SeedOptions {
