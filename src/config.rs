@@ -362,6 +362,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub alerts: AlertArgs,
 
+    #[command(flatten)]
+    pub calls: CallArgs,
+
     /// Where a post-call event is kept while the database is down.
     #[arg(long, env = "SPOOL_DIR", default_value = "hotline-spool")]
     pub spool_dir: std::path::PathBuf,
@@ -374,6 +377,47 @@ pub struct ServeArgs {
     /// WEBHOOK_SECRET when unset, and print a curl to try.
     #[arg(long)]
     pub demo: bool,
+}
+
+/// Calls from ring to hang-up, and this instance's name on the event bus.
+#[derive(Debug, Clone, Args)]
+pub struct CallArgs {
+    /// `false`: no call is created, and `/api/calls*` and `/api/events` answer 503.
+    #[arg(long, env = "CALLS_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub calls_enabled: bool,
+    /// How long a call (and its events) is kept after its last change, in seconds.
+    #[arg(long, env = "CALL_TTL_S", default_value = "3600", value_parser = parse_positive)]
+    pub call_ttl_s: u64,
+    /// Events kept per call for replay (the global stream keeps ten times as many).
+    #[arg(long, env = "CALL_EVENTS_MAX", default_value = "1000", value_parser = parse_events_max)]
+    pub call_events_max: u64,
+    /// This instance's name in events (default: hostname, pid and a random suffix).
+    #[arg(long, env = "INSTANCE_ID", value_parser = parse_instance_id)]
+    pub instance_id: Option<String>,
+}
+
+impl CallArgs {
+    /// `INSTANCE_ID`, or a name unique to this process.
+    pub fn instance_id(&self) -> String {
+        self.instance_id
+            .clone()
+            .unwrap_or_else(crate::monitoring::default_instance_id)
+    }
+}
+
+fn parse_events_max(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if (1..=100_000).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a whole number from 1 to 100000")),
+    }
+}
+
+fn parse_instance_id(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 128 || !s.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("must be 1 to 128 visible ASCII characters".into());
+    }
+    Ok(s.to_string())
 }
 
 fn parse_heartbeat_ms(s: &str) -> Result<u64, String> {

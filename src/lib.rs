@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod cache;
+pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod domain;

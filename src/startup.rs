@@ -14,10 +14,11 @@ use tokio::sync::watch;
 use crate::cache::{
     spawn_background, BackgroundConfig, Cache, Liveness, LocalTier, Remote, TierOneBudget, Ttls,
 };
+use crate::calls::{self, model::types, Bus, CallBook, Calls, Event};
 use crate::config::{Secret, ServeArgs};
 use crate::http::{self, AppState, Settings};
 use crate::lookup::Lookup;
-use crate::monitoring::{DownSince, Monitor, MonitorConfig};
+use crate::monitoring::{AlertStatus, DownSince, Monitor, MonitorConfig};
 use crate::postcall;
 use crate::spool::Spool;
 use crate::store::{self, DynStore, GatedStore, InstrumentedStore, Store as _};
@@ -162,7 +163,11 @@ impl Application {
             started_at: Instant::now(),
             limits: http::Limits::from(&args.http),
         };
-        let monitor = Monitor::new(MonitorConfig::from(&args.alerts));
+        let instance_id = args.calls.instance_id();
+        let monitor = Monitor::new(MonitorConfig {
+            instance_id: instance_id.clone(),
+            ..MonitorConfig::from(&args.alerts)
+        });
         let store: DynStore = Arc::new(InstrumentedStore::new(store));
         let cache = Arc::new(build_cache(args, &monitor)?);
         // One quick look at Redis, so that an instance whose Redis is up serves with tier 2
@@ -179,6 +184,33 @@ impl Application {
         }
         let spool = Spool::open(&args.spool_dir, args.spool_max_bytes())
             .with_context(|| format!("opening SPOOL_DIR {}", args.spool_dir.display()))?;
+        let call_ttl = Duration::from_secs(args.calls.call_ttl_s);
+        let remote = cache.remote().cloned();
+        let bus = Arc::new(Bus::new(
+            remote.clone(),
+            instance_id,
+            args.calls.call_events_max as usize,
+            call_ttl,
+        ));
+        let calls = args
+            .calls
+            .calls_enabled
+            .then(|| Arc::new(Calls::new(CallBook::new(remote, call_ttl), bus.clone())));
+        if let Some(calls) = &calls {
+            let calls = calls.clone();
+            monitor.on_calls(Box::new(move || calls.counts()));
+        }
+        let alerts_bus = bus.clone();
+        monitor.on_alert(Box::new(move |change| {
+            let bus = alerts_bus.clone();
+            let kind = match change.status {
+                AlertStatus::Firing => types::ALERT_FIRING,
+                AlertStatus::Resolved => types::ALERT_RESOLVED,
+            };
+            let data = serde_json::to_value(change).unwrap_or_default();
+            let event = Event::new(kind, None, bus.instance_id(), data);
+            tokio::spawn(async move { bus.publish(event).await });
+        }));
         let state = AppState {
             lookup: Arc::new(Lookup::new(store.clone(), cache)),
             settings: Arc::new(settings),
@@ -186,6 +218,8 @@ impl Application {
             monitor,
             db_down_since_ms: Arc::new(AtomicI64::new(0)),
             tasks: Tasks::new(),
+            calls,
+            bus,
         };
         let background = Background {
             listen_url: listen_url(args),
@@ -238,6 +272,15 @@ impl Application {
             &self.state.tasks,
             stop_rx.clone(),
         );
+        let (bus, stop) = (self.state.bus.clone(), stop_rx.clone());
+        self.state
+            .tasks
+            .spawn("event_subscriber", stop_rx.clone(), move || {
+                calls::bus::run_subscriber(bus.clone(), stop.clone())
+            });
+        if let Some(calls) = &self.state.calls {
+            calls.spawn(&self.state.tasks, stop_rx.clone());
+        }
         let (l, spool, region, stop) = (
             lookup.clone(),
             self.state.spool.clone(),

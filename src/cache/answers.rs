@@ -43,6 +43,8 @@ pub struct Answer {
     valid_until_ms: i64,
     /// The lead it shows, if any.
     lead: Option<Uuid>,
+    /// The organization called, if known.
+    organization: Option<Uuid>,
     pub(super) inserted: Instant,
     pub(super) stamp: Stamp,
     /// Its weight in tier 1's byte budget (see [`super::heap::answer_weight`]).
@@ -57,6 +59,7 @@ impl Answer {
         entries: &[&Entry],
         valid_until_ms: i64,
         lead: Option<Uuid>,
+        organization: Option<Uuid>,
     ) -> Option<Answer> {
         let mut deps: Vec<(GenKey, u64)> = entries
             .iter()
@@ -85,6 +88,7 @@ impl Answer {
             kinds: kinds.into_boxed_slice(),
             valid_until_ms,
             lead,
+            organization,
             inserted: Instant::now(),
             stamp: Stamp::default(),
             weight: 0,
@@ -107,6 +111,10 @@ impl Answer {
 
     pub fn lead(&self) -> Option<Uuid> {
         self.lead
+    }
+
+    pub fn organization(&self) -> Option<Uuid> {
+        self.organization
     }
 
     pub fn is_fresh(&self, now_ms: i64) -> bool {

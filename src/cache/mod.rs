@@ -477,7 +477,7 @@ impl Cache {
     /// The rendered answer kept for `key`, if it may be served: rendered from entries that are
     /// all still current, trusted, and before its time of day changes. Counts as a tier-1 hit
     /// of each kind it was rendered from.
-    pub async fn answer(&self, key: &AnswerKey) -> Option<Bytes> {
+    pub async fn answer(&self, key: &AnswerKey) -> Option<Arc<Answer>> {
         let local = self.local.as_ref()?;
         let answer = local.answer(key)?;
         let now = now_ms();
@@ -495,7 +495,7 @@ impl Cache {
             self.stats(*kind).hits_l1.fetch_add(1, Ordering::Relaxed);
             self.monitor.record_cache(kind.as_str(), "l1_hit");
         }
-        Some(answer.body().clone())
+        Some(answer)
     }
 
     /// Keeps an answer rendered from `entries` (served until `valid_until_ms` at most), unless
@@ -507,11 +507,12 @@ impl Cache {
         entries: &[&Entry],
         valid_until_ms: i64,
         lead: Option<uuid::Uuid>,
+        organization: Option<uuid::Uuid>,
     ) {
         let Some(local) = &self.local else {
             return;
         };
-        let Some(answer) = Answer::new(body, entries, valid_until_ms, lead) else {
+        let Some(answer) = Answer::new(body, entries, valid_until_ms, lead, organization) else {
             return;
         };
         if !self.gens.any_changed_locally(answer.deps()) {

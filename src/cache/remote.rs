@@ -251,6 +251,21 @@ impl Remote {
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, RemoteError> {
+        self.run_within(self.timeout, fut).await
+    }
+
+    /// A connection to build commands on, for [`Remote::run_within`].
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Runs one command under `timeout`, through the breaker: what work off the cache's hot
+    /// path (calls, events) sends to the same Redis.
+    pub async fn run_within<T>(
+        &self,
+        timeout: Duration,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RemoteError> {
         // The session first: a breaker that opens (and a session that ends) after this read is
         // noticed when the answer comes.
         let session = self.breaker.session.load(Ordering::Acquire);
@@ -258,7 +273,7 @@ impl Remote {
             return Err(RemoteError::Open);
         }
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, fut).await {
+        let result = match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(_)) if self.breaker.session.load(Ordering::Acquire) != session => {
                 return Err(RemoteError::Reconnected)
             }

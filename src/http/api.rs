@@ -67,7 +67,7 @@ pub(super) fn json_body(bytes: Result<Bytes, BytesRejection>) -> Result<Body> {
 
 /// A path segment, taken as it comes: a segment axum cannot decode (not UTF-8) must still get a
 /// JSON error, not the extractor's plain-text rejection.
-type PathParam = Result<Path<String>, PathRejection>;
+pub(super) type PathParam = Result<Path<String>, PathRejection>;
 
 /// A path id: anything that is not a UUID names nothing, so it is a 404.
 fn path_id(raw: PathParam) -> Result<Uuid> {
@@ -75,9 +75,9 @@ fn path_id(raw: PathParam) -> Result<Uuid> {
     Uuid::parse_str(&raw).map_err(|_| ApiError::NotFound)
 }
 
-type QueryParams = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(super) type QueryParams = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-fn query(params: QueryParams) -> Result<HashMap<String, String>> {
+pub(super) fn query(params: QueryParams) -> Result<HashMap<String, String>> {
     params
         .map(|Query(q)| q)
         .map_err(|_| ApiError::Malformed("The query string could not be parsed.".into()))

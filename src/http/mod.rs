@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+pub mod calls;
 pub mod error;
 pub mod input;
 pub mod limits;
@@ -20,6 +21,7 @@ use axum::response::Response;
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::calls::{Bus, Calls};
 use crate::config::Secret;
 use crate::domain::Region;
 use crate::lookup::Lookup;
@@ -42,6 +44,10 @@ pub struct AppState {
     pub db_down_since_ms: Arc<AtomicI64>,
     /// The supervised background tasks, and whether each is running.
     pub tasks: Tasks,
+    /// Calls from ring to hang-up; `None` with `CALLS_ENABLED=false`.
+    pub calls: Option<Arc<Calls>>,
+    /// The event bus every instance shares.
+    pub bus: Arc<Bus>,
 }
 
 /// The settings the HTTP layer needs, resolved at start (secrets generated where unset).
@@ -67,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(api::router())
         .merge(monitoring::router())
+        .merge(calls::router())
         .fallback(|| async { ApiError::NotFound })
         // After every merge: it applies to the routes registered before it.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

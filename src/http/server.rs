@@ -97,6 +97,18 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// Lets a handler close its connection at once, whatever is still queued on it: how a
+/// streaming client that stopped reading is let go (see `http::calls`). Every request served
+/// by [`serve`] carries one as an extension.
+#[derive(Clone, Debug, Default)]
+pub struct CloseConnection(Arc<tokio::sync::Notify>);
+
+impl CloseConnection {
+    pub fn close(&self) {
+        self.0.notify_one();
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     router: Router,
@@ -106,7 +118,13 @@ async fn serve_connection(
     closed: watch::Receiver<()>,
 ) {
     metrics::connections_open(1.0);
-    let service = router.map_request(|req: Request<Incoming>| req.map(Body::new));
+    let closer = CloseConnection::default();
+    let handle = closer.clone();
+    let service = router.map_request(move |req: Request<Incoming>| {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(handle.clone());
+        req
+    });
     let service = TowerToHyperService::new(service);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -122,6 +140,10 @@ async fn serve_connection(
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
+                break;
+            }
+            () = closer.0.notified() => {
+                tracing::debug!("connection closed by its handler");
                 break;
             }
             changed = stop.wait_for(|stop| *stop), if !stopping => {

@@ -19,10 +19,13 @@ use serde_json::{json, Map, Value};
 use sha2::Sha256;
 
 use super::auth::WebhookCaller;
+use super::calls::webhook_call_id;
 use super::input::Body;
 use super::limits::{BodyError, BodyLedger};
 use super::{ApiError, AppState, Result};
 use crate::cache::{AnswerKey, Entry};
+use crate::calls::model::valid_call_id;
+use crate::calls::{CallRef, Ring, Work};
 use crate::domain::{
     build_summary, next_time_of_day_change, Channel, Lead, LeadContext, Organization, Phone,
 };
@@ -39,8 +42,13 @@ pub const INITIATION_BODY_LIMIT: usize = 64 * 1024;
 /// Post-call bodies that may be a transcription are kept up to this size; larger ones, and
 /// every body that names another type, are hashed as they stream past and not kept.
 pub const POST_CALL_BODY_LIMIT: usize = 16 * 1024 * 1024;
-/// The one post-call event type that is recorded (and so the one whose body is kept).
+/// The one post-call event type that is recorded.
 const TRANSCRIPTION: &str = "post_call_transcription";
+/// The call could not start: its call is marked failed.
+const INITIATION_FAILURE: &str = "call_initiation_failure";
+/// The post-call event types whose bodies are kept to be read; every other one is hashed as it
+/// streams past and acknowledged.
+const KEPT_TYPES: [&str; 2] = [TRANSCRIPTION, INITIATION_FAILURE];
 /// How old (or how far ahead) a post-call signature's timestamp may be.
 pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(30 * 60);
 
@@ -92,6 +100,13 @@ impl Known {
         self.entries.push(found.entry.clone());
     }
 
+    fn organization_id(&self) -> Option<uuid::Uuid> {
+        self.context
+            .as_deref()
+            .map(|c| c.organization.id)
+            .or(self.organization.as_deref().map(|o| o.id))
+    }
+
     fn answer_source(&self) -> Source {
         match self.source {
             Some(s) if self.complete => s,
@@ -126,6 +141,12 @@ async fn conversation_initiation(
     let caller = lenient_str(&body, "caller_id").and_then(|c| Phone::from_caller_id(c, region));
     let called = lenient_str(&body, "called_number").and_then(|c| Phone::from_caller_id(c, region));
 
+    // The call this ring starts, when calls are on and the body names one.
+    let ring = state
+        .calls
+        .as_ref()
+        .and_then(|_| RingDraft::of(&body, caller.as_ref(), called.as_ref()));
+
     // A warm call: the answer rendered for this pair before, if nothing it shows has changed.
     let key = called.as_ref().map(|c| AnswerKey::new(c, caller.as_ref()));
     if let Some(rendered) = match key {
@@ -133,7 +154,10 @@ async fn conversation_initiation(
         None => None,
     } {
         metrics::webhook_answer(Source::L1.as_str());
-        return Ok(answer_response(rendered, Source::L1));
+        if let Some(ring) = ring {
+            ring.queue(&state, rendered.organization(), rendered.lead(), Source::L1);
+        }
+        return Ok(answer_response(rendered.body().clone(), Source::L1));
     }
 
     // Leave a little of the budget for building and writing the answer.
@@ -170,9 +194,71 @@ async fn conversation_initiation(
             &entries,
             changes_at.timestamp_millis(),
             known.lead.as_ref().map(|l| l.id),
+            known.organization_id(),
+        );
+    }
+    if let Some(ring) = ring {
+        ring.queue(
+            &state,
+            known.organization_id(),
+            known.lead.as_ref().map(|l| l.id),
+            source,
         );
     }
     Ok(answer_response(body, source))
+}
+
+/// What the webhook body says about the call it rings, read before the lookups.
+struct RingDraft {
+    call_id: String,
+    agent_id: Option<String>,
+    caller_phone: String,
+    called_number: String,
+    conversation_id: Option<String>,
+}
+
+impl RingDraft {
+    fn of(
+        body: &Map<String, Value>,
+        caller: Option<&Phone>,
+        called: Option<&Phone>,
+    ) -> Option<Self> {
+        let id_field = |name: &str| {
+            lenient_str(body, name)
+                .filter(|v| valid_call_id(v))
+                .map(str::to_string)
+        };
+        Some(RingDraft {
+            call_id: webhook_call_id(body)?,
+            agent_id: id_field("agent_id"),
+            caller_phone: caller.map(Phone::to_string).unwrap_or_default(),
+            called_number: called.map(Phone::to_string).unwrap_or_default(),
+            conversation_id: id_field("conversation_id"),
+        })
+    }
+
+    /// Hands the call to the writer: never waits, never fails the answer.
+    fn queue(
+        self,
+        state: &AppState,
+        organization_id: Option<uuid::Uuid>,
+        lead_id: Option<uuid::Uuid>,
+        source: Source,
+    ) {
+        if let Some(calls) = &state.calls {
+            calls.queue(Work::Ring(Ring {
+                call_id: self.call_id,
+                organization_id,
+                lead_id,
+                agent_id: self.agent_id,
+                caller_phone: self.caller_phone,
+                called_number: self.called_number,
+                conversation_id: self.conversation_id,
+                answer_source: source.as_str(),
+                at: Utc::now(),
+            }));
+        }
+    }
 }
 
 fn answer_response(body: Bytes, source: Source) -> Response {
@@ -360,7 +446,9 @@ async fn post_call(
         })?;
         mac.update(&chunk);
         scanner.feed(&chunk);
-        let other_type = scanner.event_type().is_some_and(|t| t != TRANSCRIPTION);
+        let other_type = scanner
+            .event_type()
+            .is_some_and(|t| !KEPT_TYPES.contains(&t));
         match &mut kept {
             Kept::Chunks { len, .. } if other_type || *len + chunk.len() > POST_CALL_BODY_LIMIT => {
                 release(*len + chunk.len());
@@ -395,7 +483,7 @@ async fn post_call(
             // Another type: acknowledged, never kept. A body too large to keep that does not
             // say it is another type is refused.
             return match scanner.event_type() {
-                Some(t) if t != TRANSCRIPTION => {
+                Some(t) if !KEPT_TYPES.contains(&t) => {
                     tracing::info!(event_type = %sanitize_label(t), "post-call event acknowledged and ignored");
                     Ok(acknowledge("ignored"))
                 }
@@ -410,6 +498,11 @@ async fn post_call(
     };
     let envelope = Body::parse(&bytes)?.into_map();
     let event_type = envelope.get("type").and_then(Value::as_str).unwrap_or("");
+    if let Some(calls) = &state.calls {
+        if let Some(work) = call_change(event_type, &envelope) {
+            calls.queue(work);
+        }
+    }
     if event_type != TRANSCRIPTION {
         tracing::info!(event_type = %sanitize_label(event_type), "post-call event acknowledged and ignored");
         return Ok(acknowledge("ignored"));
@@ -457,6 +550,46 @@ async fn apply_or_spool(
         Err(spool) => Err(ApiError::Unavailable(format!(
             "post-call event not recorded ({error}) and not spooled ({spool})"
         ))),
+    }
+}
+
+/// What a signed post-call event does to its call: a transcription ends it (and links the
+/// conversation it recorded), an initiation failure fails it. The call is named by
+/// `data.metadata.phone_call.call_sid` (or `call_id`), else by the Twilio or SIP body ElevenLabs
+/// forwards in `data.metadata.body`, else through the conversation the call recorded.
+fn call_change(event_type: &str, envelope: &Map<String, Value>) -> Option<Work> {
+    let data = envelope.get("data")?.as_object()?;
+    let conversation_id = data
+        .get("conversation_id")
+        .and_then(Value::as_str)
+        .filter(|c| valid_call_id(c))
+        .map(str::to_string);
+    let metadata = data.get("metadata").and_then(Value::as_object);
+    let named = |section: &str, fields: &[&str]| {
+        let section = metadata?.get(section)?.as_object()?;
+        fields
+            .iter()
+            .filter_map(|f| section.get(*f).and_then(Value::as_str))
+            .find(|id| valid_call_id(id))
+            .map(str::to_string)
+    };
+    let call = named("phone_call", &["call_sid", "call_id"])
+        .or_else(|| named("body", &["call_sid", "CallSid", "call_id"]))
+        .map(CallRef::Id)
+        .or_else(|| conversation_id.clone().map(CallRef::Conversation))?;
+    match event_type {
+        TRANSCRIPTION => Some(Work::End {
+            call,
+            conversation_id,
+        }),
+        INITIATION_FAILURE => Some(Work::Fail {
+            call,
+            reason: data
+                .get("failure_reason")
+                .and_then(Value::as_str)
+                .map(|r| r.chars().filter(|c| !c.is_control()).take(200).collect()),
+        }),
+        _ => None,
     }
 }
 

@@ -477,7 +477,7 @@ mod tests {
             redis_down_s: 30,
             min_samples: 20,
             hold_s,
-            webhook_url: None,
+            ..MonitorConfig::default()
         }
     }
 

@@ -40,9 +40,16 @@ pub const BODY_BYTES_IN_FLIGHT: &str = "hotline_http_body_bytes_in_flight";
 pub const BODIES_REFUSED: &str = "hotline_http_bodies_refused_total";
 pub const CONNECTIONS_OPEN: &str = "hotline_http_connections_open";
 pub const PANICS: &str = "hotline_panics_total";
+pub const CALLS_STARTED: &str = "hotline_calls_started_total";
+pub const CALLS_ENDED: &str = "hotline_calls_ended_total";
+pub const CALLS_ACTIVE: &str = "hotline_calls_active";
+pub const CALLS_DROPPED: &str = "hotline_calls_dropped_total";
+pub const EVENTS_PUBLISHED: &str = "hotline_events_published_total";
+pub const SSE_CLIENTS: &str = "hotline_sse_clients";
+pub const SSE_DROPPED: &str = "hotline_sse_clients_dropped_total";
 
 /// Every family this module exports.
-pub const FAMILIES: [&str; 17] = [
+pub const FAMILIES: [&str; 24] = [
     CACHE_REQUESTS,
     CACHE_LOAD_DURATION,
     CACHE_INVALIDATIONS,
@@ -60,12 +67,28 @@ pub const FAMILIES: [&str; 17] = [
     BODIES_REFUSED,
     CONNECTIONS_OPEN,
     PANICS,
+    CALLS_STARTED,
+    CALLS_ENDED,
+    CALLS_ACTIVE,
+    CALLS_DROPPED,
+    EVENTS_PUBLISHED,
+    SSE_CLIENTS,
+    SSE_DROPPED,
 ];
+
+/// The `status` label of the ended-calls counter.
+pub const CALL_END_STATUSES: [&str; 2] = ["ended", "failed"];
+/// The `stream` label of the SSE gauges: `/api/events`, `/api/calls/{id}/stream`,
+/// `/api/monitoring/stream`.
+pub const SSE_STREAMS: [&str; 3] = ["events", "call", "monitoring"];
 
 /// The `source` label of the invalidation counter.
 pub const INVALIDATION_SOURCES: [&str; 5] = ["write", "pubsub", "notify", "manual", "continuity"];
 /// The `task` label of the background restart counter: every supervised task.
-pub const BACKGROUND_TASKS: [&str; 6] = [
+pub const BACKGROUND_TASKS: [&str; 9] = [
+    "call_writer",
+    "call_upkeep",
+    "event_subscriber",
     "redis_probe",
     "redis_subscriber",
     "generation_sweep",
@@ -215,6 +238,41 @@ fn describe() {
         "HTTP connections open now (at most MAX_CONNECTIONS)."
     );
     describe_counter!(
+        CALLS_STARTED,
+        Unit::Count,
+        "Calls started by an initiation webhook on this instance."
+    );
+    describe_counter!(
+        CALLS_ENDED,
+        Unit::Count,
+        "Calls this instance moved out of active, by status: ended (hung up, or ended through the API), failed (call_initiation_failure)."
+    );
+    describe_gauge!(
+        CALLS_ACTIVE,
+        Unit::Count,
+        "Calls active across all instances, as this instance last counted them (every 5 s)."
+    );
+    describe_counter!(
+        CALLS_DROPPED,
+        Unit::Count,
+        "Call changes from the webhooks dropped because the call writer's queue was full."
+    );
+    describe_counter!(
+        EVENTS_PUBLISHED,
+        Unit::Count,
+        "Events this instance published on the bus, by type (hotline's own types; custom for those integrations post)."
+    );
+    describe_gauge!(
+        SSE_CLIENTS,
+        Unit::Count,
+        "Server-sent event clients connected to this instance, by stream: events, call, monitoring."
+    );
+    describe_counter!(
+        SSE_DROPPED,
+        Unit::Count,
+        "Server-sent event clients disconnected because they did not keep up, by stream."
+    );
+    describe_counter!(
         PANICS,
         Unit::Count,
         "Request handlers that panicked (each answered 500 and logged with its route)."
@@ -264,6 +322,19 @@ fn register() -> Handles {
     let (spool_depth, spool_bytes) = (gauge!(SPOOL_DEPTH), gauge!(SPOOL_BYTES));
     spool_depth.set(0.0);
     spool_bytes.set(0.0);
+    counter!(CALLS_STARTED).increment(0);
+    for status in CALL_END_STATUSES {
+        counter!(CALLS_ENDED, "status" => status).increment(0);
+    }
+    gauge!(CALLS_ACTIVE).set(0.0);
+    counter!(CALLS_DROPPED).increment(0);
+    for kind in crate::calls::model::types::OWN.iter().chain(&["custom"]) {
+        counter!(EVENTS_PUBLISHED, "type" => *kind).increment(0);
+    }
+    for stream in SSE_STREAMS {
+        gauge!(SSE_CLIENTS, "stream" => stream).increment(0.0);
+        counter!(SSE_DROPPED, "stream" => stream).increment(0);
+    }
     let _ = histogram!(HTTP_REQUEST_DURATION, "route" => "/healthz", "method" => "GET", "status" => "200");
     let _ = histogram!(DB_QUERY_DURATION, "query" => "ping");
     Handles {
@@ -451,6 +522,55 @@ pub fn connections_open(delta: f64) {
 pub fn panicked() {
     if let Some(h) = handles() {
         h.panics.increment(1);
+    }
+}
+
+/// A call started by this instance's webhook.
+pub fn call_started() {
+    if handles().is_some() {
+        counter!(CALLS_STARTED).increment(1);
+    }
+}
+
+/// A call moved out of active: `status` one of [`CALL_END_STATUSES`].
+pub fn call_ended(status: &str) {
+    if let (Some(_), Some(i)) = (handles(), index(&CALL_END_STATUSES, status)) {
+        counter!(CALLS_ENDED, "status" => CALL_END_STATUSES[i]).increment(1);
+    }
+}
+
+/// Calls active across all instances, as last counted.
+pub fn calls_active(n: i64) {
+    if handles().is_some() {
+        gauge!(CALLS_ACTIVE).set(n as f64);
+    }
+}
+
+/// A call change dropped at the writer's full queue.
+pub fn call_dropped() {
+    if handles().is_some() {
+        counter!(CALLS_DROPPED).increment(1);
+    }
+}
+
+/// An event published on the bus; types outside hotline's own count as `custom`.
+pub fn event_published(kind: &str) {
+    if handles().is_some() {
+        counter!(EVENTS_PUBLISHED, "type" => crate::calls::bus::type_label(kind)).increment(1);
+    }
+}
+
+/// An SSE client of `stream` (one of [`SSE_STREAMS`]) connected (`1.0`) or gone (`-1.0`).
+pub fn sse_clients(stream: &'static str, delta: f64) {
+    if handles().is_some() && SSE_STREAMS.contains(&stream) {
+        gauge!(SSE_CLIENTS, "stream" => stream).increment(delta);
+    }
+}
+
+/// An SSE client of `stream` disconnected for falling behind.
+pub fn sse_dropped(stream: &'static str) {
+    if handles().is_some() && SSE_STREAMS.contains(&stream) {
+        counter!(SSE_DROPPED, "stream" => stream).increment(1);
     }
 }
 

@@ -37,7 +37,7 @@ pub use alerts::{
     ALERT_NAMES,
 };
 pub use stream::{spawn_ticker, Broadcaster, DownProbe, DownSince, StreamEvent};
-pub use window::{CacheSummary, RedisSummary, Window, WindowSummary, WINDOW_S};
+pub use window::{CacheSummary, CallsSummary, RedisSummary, Window, WindowSummary, WINDOW_S};
 
 /// The dashboard page, self-contained (served at `GET /dashboard`).
 pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
@@ -53,6 +53,8 @@ pub struct MonitorConfig {
     pub hold_s: u64,
     /// May carry a token: never logged.
     pub webhook_url: Option<String>,
+    /// This instance's name in alert webhooks and events.
+    pub instance_id: String,
 }
 
 impl Default for MonitorConfig {
@@ -66,6 +68,7 @@ impl Default for MonitorConfig {
             min_samples: 20,
             hold_s: 10,
             webhook_url: None,
+            instance_id: instance_name(),
         }
     }
 }
@@ -80,6 +83,7 @@ impl From<&crate::config::AlertArgs> for MonitorConfig {
             min_samples: a.alert_min_samples,
             hold_s: a.alert_hold_s,
             webhook_url: a.alert_webhook_url.as_ref().map(|u| u.as_str().to_string()),
+            instance_id: instance_name(),
         }
     }
 }
@@ -93,7 +97,17 @@ struct Inner {
     webhook: Option<Arc<WebhookSender>>,
     instance: String,
     shutdown: watch::Sender<bool>,
+    /// Where each alert change also goes (the event bus), once set.
+    alert_sink: std::sync::OnceLock<AlertSink>,
+    /// The call figures for the summary, once calls are on.
+    calls_probe: std::sync::OnceLock<CallsProbe>,
 }
+
+/// Reads the call figures: cheap and synchronous.
+pub type CallsProbe = Box<dyn Fn() -> CallsSummary + Send + Sync>;
+
+/// Called with every alert change, on the ticker's task: must not wait.
+pub type AlertSink = Box<dyn Fn(&AlertChange) + Send + Sync>;
 
 /// The monitoring handle; clone it freely.
 #[derive(Clone)]
@@ -119,6 +133,7 @@ impl Monitor {
             .clone()
             .map(|url| WebhookSender::new(url, RetryPolicy::default()));
         let (shutdown, _) = watch::channel(false);
+        let instance = config.instance_id.clone();
         Monitor {
             inner: Arc::new(Inner {
                 alerts: Mutex::new(AlertEngine::new(&config)),
@@ -127,10 +142,22 @@ impl Monitor {
                 window: Window::new(),
                 stream: Broadcaster::default(),
                 webhook,
-                instance: instance_name(),
+                instance,
                 shutdown,
+                alert_sink: std::sync::OnceLock::new(),
+                calls_probe: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Adds the call figures to every later summary (once).
+    pub fn on_calls(&self, probe: CallsProbe) {
+        let _ = self.inner.calls_probe.set(probe);
+    }
+
+    /// Sends every later alert change to `sink` too (once; a second sink is ignored).
+    pub fn on_alert(&self, sink: AlertSink) {
+        let _ = self.inner.alert_sink.set(sink);
     }
 
     pub fn config(&self) -> &MonitorConfig {
@@ -184,7 +211,9 @@ impl Monitor {
 
     /// `GET /api/monitoring/metrics`.
     pub fn summary(&self) -> WindowSummary {
-        self.inner.window.summary()
+        let mut summary = self.inner.window.summary();
+        summary.calls = self.inner.calls_probe.get().map(|probe| probe());
+        summary
     }
 
     /// `GET /api/monitoring/metrics/performance`.
@@ -264,6 +293,9 @@ impl Monitor {
             let firing = change.status == AlertStatus::Firing;
             metrics::alert_firing(change.alert.name, firing);
             self.inner.stream.publish_alert(change);
+            if let Some(sink) = self.inner.alert_sink.get() {
+                sink(change);
+            }
             if firing {
                 tracing::warn!(alert = change.alert.name, message = %change.alert.message, "alert firing");
             } else {
@@ -280,6 +312,14 @@ impl Monitor {
         }
         changes
     }
+}
+
+/// Hostname, process id and a random suffix: unique even for two containers that share a
+/// hostname and a pid.
+pub fn default_instance_id() -> String {
+    use rand::Rng as _;
+    let suffix: u32 = rand::rng().random();
+    format!("{}-{suffix:08x}", instance_name())
 }
 
 fn instance_name() -> String {

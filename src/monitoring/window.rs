@@ -325,6 +325,13 @@ pub struct RedisSummary {
     pub latency_ms: Option<f64>,
 }
 
+/// The call figures of the monitoring summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CallsSummary {
+    pub active: i64,
+    pub started_last_minute: i64,
+}
+
 /// The `/api/monitoring/metrics` body (exactly the contract's fields; the sample counts the
 /// alerts need are not serialised).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -338,6 +345,9 @@ pub struct WindowSummary {
     pub error_rate_pct: Option<f64>,
     pub cache: CacheSummary,
     pub redis: RedisSummary,
+    /// Calls across every instance, as this one last counted them; absent when calls are off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls: Option<CallsSummary>,
     /// Requests in the window.
     #[serde(skip)]
     pub requests: u64,
@@ -556,6 +566,7 @@ impl Window {
             redis: RedisSummary {
                 latency_ms: redis.mean_ms(),
             },
+            calls: None,
             requests: requests.count,
             cache_requests: lookups,
         }
