@@ -36,6 +36,8 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 const PING_EVERY: Duration = Duration::from_secs(2);
 const SUBSCRIPTION_SILENCE: Duration = Duration::from_secs(7);
 const PING: &str = "ping";
+/// Events read per round trip when the subscriber catches up.
+const CATCH_UP_PAGE: usize = 500;
 
 /// KEYS: the global stream, the call's stream. ARGV: the event's JSON after its opening brace,
 /// the global bound, the per-call bound, the call's TTL in ms, the channel, whether the event
@@ -80,9 +82,24 @@ impl BusEvent {
         })
     }
 
-    /// Parses an event's full JSON as the bus channel or a stream carries it.
+    /// Parses an event's full JSON as the bus channel or a stream carries it; the JSON is
+    /// kept as it came, and serialised again only when its public form differs.
     pub fn parse(json: &str) -> Option<BusEvent> {
-        BusEvent::from_event(&serde_json::from_str::<Event>(json).ok()?)
+        let event = serde_json::from_str::<Event>(json).ok()?;
+        let full: Arc<str> = json.into();
+        let public_event = event.public();
+        let public = if public_event == event {
+            full.clone()
+        } else {
+            serde_json::to_string(&public_event).ok()?.into()
+        };
+        Some(BusEvent {
+            id: event.id.parse().ok()?,
+            kind: event.kind,
+            call_id: event.call_id,
+            full,
+            public,
+        })
     }
 
     pub fn event(&self) -> Event {
@@ -358,6 +375,29 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>, pause: Duration) -> bool
     }
 }
 
+/// Forwards what the global stream kept after `last`, a page at a time (at most what it
+/// keeps).
+async fn catch_up(bus: &Bus, remote: &Remote, last: &mut EventId) -> Result<(), RemoteError> {
+    let mut forwarded = 0;
+    while forwarded < bus.global_max {
+        let page = bus
+            .replay_redis(remote, &Scope::All, Some(*last), CATCH_UP_PAGE)
+            .await?;
+        let n = page.len();
+        for event in page {
+            if event.id > *last {
+                *last = event.id;
+                let _ = bus.tx.send(event);
+            }
+        }
+        forwarded += n;
+        if n < CATCH_UP_PAGE {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// This instance's one subscriber to the bus channel: forwards every event to the local
 /// broadcast, once, in order. See the module's documentation.
 pub async fn run_subscriber(bus: Arc<Bus>, mut shutdown: watch::Receiver<bool>) {
@@ -378,17 +418,8 @@ pub async fn run_subscriber(bus: Arc<Bus>, mut shutdown: watch::Receiver<bool>) 
             let mut messages = pubsub.into_on_message();
             // Subscribed first, then what the stream kept since the last event forwarded:
             // nothing falls between the two, and what both bring is forwarded once.
-            match bus
-                .replay_redis(&remote, &Scope::All, Some(last), bus.global_max)
-                .await
-            {
-                Ok(missed) => {
-                    for event in missed {
-                        if event.id > last {
-                            last = event.id;
-                            let _ = bus.tx.send(event);
-                        }
-                    }
+            match catch_up(&bus, &remote, &mut last).await {
+                Ok(()) => {
                     bus.live.store(true, Ordering::Release);
                     tracing::info!("subscribed to the event bus");
                 }

@@ -14,6 +14,8 @@ pub struct SseEvent {
     pub name: String,
     /// The `data:` lines joined with `\n`.
     pub data: String,
+    /// `id:`, when the event carried one.
+    pub id: Option<String>,
     /// When the client had read the whole event.
     pub at: Instant,
 }
@@ -38,13 +40,22 @@ pub struct SseClient {
 impl SseClient {
     /// Opens `url`, checks the answer is a 200 event stream, and starts reading it.
     pub async fn connect(url: &str) -> SseClient {
+        SseClient::connect_with(url, &[]).await
+    }
+
+    /// As [`SseClient::connect`], sending `headers` too (a token, `Last-Event-ID`).
+    pub async fn connect_with(url: &str, headers: &[(&str, &str)]) -> SseClient {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("an HTTP client");
         let mut response = tokio::time::timeout(
             Duration::from_secs(5),
-            client.get(url).header("Accept", "text/event-stream").send(),
+            headers
+                .iter()
+                .fold(client.get(url), |r, (k, v)| r.header(*k, *v))
+                .header("Accept", "text/event-stream")
+                .send(),
         )
         .await
         .expect("the stream answers within 5 s")
@@ -106,6 +117,7 @@ struct Parser {
     pending: Vec<u8>,
     name: Option<String>,
     data: Option<String>,
+    id: Option<String>,
 }
 
 impl Parser {
@@ -121,10 +133,12 @@ impl Parser {
                     events.push(SseEvent {
                         name: self.name.take().unwrap_or_else(|| "message".into()),
                         data,
+                        id: self.id.take(),
                         at: Instant::now(),
                     });
                 }
                 self.name = None;
+                self.id = None;
                 continue;
             }
             if line.starts_with(':') {
@@ -134,6 +148,7 @@ impl Parser {
             let value = value.strip_prefix(' ').unwrap_or(value);
             match field {
                 "event" => self.name = Some(value.to_string()),
+                "id" => self.id = Some(value.to_string()),
                 "data" => match &mut self.data {
                     Some(data) => {
                         data.push('\n');
