@@ -399,6 +399,10 @@ impl Backend {
 
 /// What an update does with the call it read.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "short-lived, and the call is written right after"
+)]
 pub enum Step {
     /// Write this call.
     Write(Call),
