@@ -272,12 +272,14 @@ impl Application {
             &self.state.tasks,
             stop_rx.clone(),
         );
-        let (bus, stop) = (self.state.bus.clone(), stop_rx.clone());
-        self.state
-            .tasks
-            .spawn("event_subscriber", stop_rx.clone(), move || {
-                calls::bus::run_subscriber(bus.clone(), stop.clone())
-            });
+        if self.state.bus.is_shared() {
+            let (bus, stop) = (self.state.bus.clone(), stop_rx.clone());
+            self.state
+                .tasks
+                .spawn("event_subscriber", stop_rx.clone(), move || {
+                    calls::bus::run_subscriber(bus.clone(), stop.clone())
+                });
+        }
         if let Some(calls) = &self.state.calls {
             calls.spawn(&self.state.tasks, stop_rx.clone());
         }

@@ -182,6 +182,11 @@ impl Bus {
         }
     }
 
+    /// Whether events travel through Redis to every instance (else they stay in this one).
+    pub fn is_shared(&self) -> bool {
+        self.remote.is_some()
+    }
+
     pub fn instance_id(&self) -> &str {
         &self.instance_id
     }

@@ -482,6 +482,8 @@ async fn window_metrics_have_exactly_the_contract_fields_and_sensible_values() {
         "error_rate_pct",
         "cache",
         "redis",
+        // The contract's fields, and the call figures (calls are on by default).
+        "calls",
     ]);
 
     // Fresh: no data is null, not 0; and watching the service does not move its figures.
@@ -811,6 +813,8 @@ async fn stream_sends_metrics_about_every_second() {
         "error_rate_pct",
         "cache",
         "redis",
+        // The contract's fields, and the call figures (calls are on by default).
+        "calls",
     ]);
     for event in &events {
         let m = event.json();
