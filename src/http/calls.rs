@@ -451,22 +451,6 @@ struct Client {
     shutdown: watch::Receiver<bool>,
 }
 
-/// Counts a connected client in `hotline_sse_clients` while it lives.
-struct Connected(&'static str);
-
-impl Connected {
-    fn new(label: &'static str) -> Connected {
-        metrics::sse_clients(label, 1.0);
-        Connected(label)
-    }
-}
-
-impl Drop for Connected {
-    fn drop(&mut self) {
-        metrics::sse_clients(self.0, -1.0);
-    }
-}
-
 impl Client {
     fn frame(&self, event: &BusEvent) -> SseEvent {
         SseEvent::default()
@@ -487,7 +471,7 @@ impl Client {
     }
 
     async fn pump(mut self, after: Option<EventId>, mut live: broadcast::Receiver<Arc<BusEvent>>) {
-        let _connected = Connected::new(self.label);
+        let _connected = metrics::SseClientGauge::connected(self.label);
         let mut last = after;
         if let Some(after) = after {
             let limit = match self.scope {

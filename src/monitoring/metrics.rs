@@ -567,6 +567,23 @@ pub fn sse_clients(stream: &'static str, delta: f64) {
     }
 }
 
+/// Counts one SSE client of `stream` in `hotline_sse_clients` for as long as it lives.
+#[derive(Debug)]
+pub struct SseClientGauge(&'static str);
+
+impl SseClientGauge {
+    pub fn connected(stream: &'static str) -> SseClientGauge {
+        sse_clients(stream, 1.0);
+        SseClientGauge(stream)
+    }
+}
+
+impl Drop for SseClientGauge {
+    fn drop(&mut self) {
+        sse_clients(self.0, -1.0);
+    }
+}
+
 /// An SSE client of `stream` disconnected for falling behind.
 pub fn sse_dropped(stream: &'static str) {
     if handles().is_some() && SSE_STREAMS.contains(&stream) {

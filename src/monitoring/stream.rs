@@ -149,7 +149,11 @@ impl Broadcaster {
     ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + Send + 'static> {
         use futures_util::StreamExt;
         let hello = stream::once(async { Ok(Event::default().retry(RETRY).comment("hotline")) });
-        let events = self.events(shutdown).map(|e| Ok(e.to_sse()));
+        let gauge = super::metrics::SseClientGauge::connected("monitoring");
+        let events = self.events(shutdown).map(move |e| {
+            let _counted_while_streaming = &gauge;
+            Ok(e.to_sse())
+        });
         Sse::new(hello.chain(events)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
     }
 }

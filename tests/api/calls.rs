@@ -600,6 +600,28 @@ async fn without_redis_calls_live_in_the_instance() {
         resumed.next(WAIT).await.expect("the missed event").name,
         "tool.a"
     );
+
+    // Each stream's clients are counted while they are connected.
+    let monitoring = SseClient::connect(&app.url("/api/monitoring/stream")).await;
+    let counted = |expected: &'static str| {
+        let app = &app;
+        async move { app.metrics_text().await.contains(expected) }
+    };
+    assert!(eventually(WAIT, || counted("hotline_sse_clients{stream=\"events\"} 2")).await);
+    assert!(
+        eventually(WAIT, || counted(
+            "hotline_sse_clients{stream=\"monitoring\"} 1"
+        ))
+        .await
+    );
+    drop((events, resumed, monitoring));
+    assert!(eventually(WAIT, || counted("hotline_sse_clients{stream=\"events\"} 0")).await);
+    assert!(
+        eventually(WAIT, || counted(
+            "hotline_sse_clients{stream=\"monitoring\"} 0"
+        ))
+        .await
+    );
 }
 
 #[tokio::test]
