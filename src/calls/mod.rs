@@ -30,6 +30,8 @@ use crate::supervise::Tasks;
 pub const QUEUE_CAPACITY: usize = 8192;
 /// How many queued changes the writer applies at once.
 const WRITERS: usize = 16;
+/// How many queued changes the writer takes at a time.
+const BATCH: usize = 64;
 /// How often the calls of every instance are counted (`hotline_calls_active`).
 const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// How often calls kept in memory during a Redis outage are offered back to Redis.
@@ -58,6 +60,19 @@ pub enum Work {
         call: CallRef,
         reason: Option<String>,
     },
+}
+
+impl Work {
+    /// What names the call this change is about (an id, or a conversation for a hang-up
+    /// that names no id).
+    fn call_key(&self) -> &str {
+        match self {
+            Work::Ring(ring) => &ring.call_id,
+            Work::End { call, .. } | Work::Fail { call, .. } => match call {
+                CallRef::Id(id) | CallRef::Conversation(id) => id,
+            },
+        }
+    }
 }
 
 pub struct Calls {
@@ -123,23 +138,40 @@ impl Calls {
         loop {
             let mut batch = Vec::new();
             tokio::select! {
-                n = receiver.recv_many(&mut batch, WRITERS) => if n == 0 { return },
+                n = receiver.recv_many(&mut batch, BATCH) => if n == 0 { return },
                 _ = shutdown.changed() => break,
             }
-            futures_util::stream::iter(batch)
-                .for_each_concurrent(WRITERS, |work| self.apply(work))
-                .await;
+            self.apply_batch(batch).await;
         }
         // Stopping: what is queued is written, for a little while.
         let mut rest = Vec::new();
         while let Ok(work) = receiver.try_recv() {
             rest.push(work);
         }
-        let drained =
-            futures_util::stream::iter(rest).for_each_concurrent(WRITERS, |w| self.apply(w));
+        let drained = self.apply_batch(rest);
         if tokio::time::timeout(DRAIN_AT_MOST, drained).await.is_err() {
             tracing::warn!("stopped before every queued call change was written");
         }
+    }
+
+    /// Applies a batch: the changes of different calls at once, those of one call in the
+    /// order they came (a ring before the hang-up that follows it).
+    async fn apply_batch(&self, batch: Vec<Work>) {
+        let mut by_call: Vec<(String, Vec<Work>)> = Vec::new();
+        for work in batch {
+            let key = work.call_key().to_string();
+            match by_call.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, works)) => works.push(work),
+                None => by_call.push((key, vec![work])),
+            }
+        }
+        futures_util::stream::iter(by_call)
+            .for_each_concurrent(WRITERS, |(_, works)| async move {
+                for work in works {
+                    self.apply(work).await;
+                }
+            })
+            .await;
     }
 
     async fn upkeep(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {

@@ -805,3 +805,41 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(events_after, events_before);
     assert_eq!(list(&a, "").await["count"], 1);
 }
+
+#[tokio::test]
+async fn alerts_travel_on_the_bus() {
+    let mut redis = RedisServer::start().await;
+    let db = Arc::new(TestDb::postgres().await);
+    let mut flags = redis_flags(&redis.url(), &unique_prefix());
+    flags.extend(["--alert-redis-down-s", "1", "--alert-hold-s", "0"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let app = spawn_app_on(db, &flags).await;
+    assert!(
+        eventually(WAIT, || async {
+            let r = app
+                .client
+                .get(app.url("/api/monitoring/health/redis"))
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()["circuit"] == "closed"
+        })
+        .await
+    );
+    let mut events = stream(&app, "/api/events", None).await;
+
+    // Redis goes away: the alert fires, and the bus (on this instance alone) says so.
+    redis.kill();
+    let firing = next_of(&mut events, "alert.firing").await.json();
+    assert_eq!(firing["data"]["alert"]["name"], "redis_down", "{firing}");
+    assert_eq!(firing["call_id"], Value::Null);
+    assert!(firing["instance_id"].is_string());
+
+    // It comes back: resolved, and published through Redis again.
+    redis.restart().await;
+    let resolved = next_of(&mut events, "alert.resolved").await.json();
+    assert_eq!(
+        resolved["data"]["alert"]["name"], "redis_down",
+        "{resolved}"
+    );
+}
