@@ -394,6 +394,18 @@ pub struct CallArgs {
     /// This instance's name in events (default: hostname, pid and a random suffix).
     #[arg(long, env = "INSTANCE_ID", value_parser = parse_instance_id)]
     pub instance_id: Option<String>,
+    /// How often this instance announces itself, in seconds; it is gone after 3 missed beats.
+    #[arg(long, env = "HEARTBEAT_INTERVAL_S", default_value = "5", value_parser = parse_heartbeat_s)]
+    pub heartbeat_interval_s: u64,
+}
+
+fn parse_heartbeat_s(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if (1..=300).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a whole number of seconds from 1 to 300"
+        )),
+    }
 }
 
 impl CallArgs {

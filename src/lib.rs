@@ -3,6 +3,7 @@
 //! Data flows one way: HTTP handler -> [`lookup`] -> [`cache`] tiers -> [`store`]. Handlers
 //! never touch Redis or SQL; the store knows nothing of the cache; the cache nothing of HTTP.
 
+pub mod admin;
 pub mod bench;
 pub mod cache;
 pub mod calls;
@@ -10,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod instances;
 pub mod lookup;
 pub mod monitoring;
 pub mod postcall;

@@ -11,12 +11,14 @@ use backon::{ExponentialBuilder, Retryable as _};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::{self, Admin};
 use crate::cache::{
     spawn_background, BackgroundConfig, Cache, Liveness, LocalTier, Remote, TierOneBudget, Ttls,
 };
 use crate::calls::{self, model::types, Bus, CallBook, Calls, Event};
 use crate::config::{Secret, ServeArgs};
 use crate::http::{self, AppState, Settings};
+use crate::instances::{Instances, LocalState, StateProbe};
 use crate::lookup::Lookup;
 use crate::monitoring::{AlertStatus, DownSince, Monitor, MonitorConfig};
 use crate::postcall;
@@ -192,10 +194,12 @@ impl Application {
             args.calls.call_events_max as usize,
             call_ttl,
         ));
-        let calls = args
-            .calls
-            .calls_enabled
-            .then(|| Arc::new(Calls::new(CallBook::new(remote, call_ttl), bus.clone())));
+        let calls = args.calls.calls_enabled.then(|| {
+            Arc::new(Calls::new(
+                CallBook::new(remote.clone(), call_ttl),
+                bus.clone(),
+            ))
+        });
         if let Some(calls) = &calls {
             let calls = calls.clone();
             monitor.on_calls(Box::new(move || calls.counts()));
@@ -211,15 +215,31 @@ impl Application {
             let event = Event::new(kind, None, bus.instance_id(), data);
             tokio::spawn(async move { bus.publish(event).await });
         }));
+        let db_down_since_ms = Arc::new(AtomicI64::new(0));
+        let instances = Arc::new(Instances::new(
+            remote.clone(),
+            bus.clone(),
+            Duration::from_secs(args.calls.heartbeat_interval_s),
+            Duration::from_secs(args.alerts.alert_hold_s),
+            state_probe(&monitor, &cache, &db_down_since_ms, calls.as_ref()),
+        ));
+        let admin = Arc::new(Admin::new(
+            remote,
+            bus.clone(),
+            instances.clone(),
+            cache.clone(),
+        ));
         let state = AppState {
             lookup: Arc::new(Lookup::new(store.clone(), cache)),
             settings: Arc::new(settings),
             spool,
             monitor,
-            db_down_since_ms: Arc::new(AtomicI64::new(0)),
+            db_down_since_ms,
             tasks: Tasks::new(),
             calls,
             bus,
+            instances,
+            admin,
         };
         let background = Background {
             listen_url: listen_url(args),
@@ -289,9 +309,11 @@ impl Application {
             self.state.settings.default_region,
             stop_rx.clone(),
         );
-        self.state.tasks.spawn("spool_drainer", stop_rx, move || {
-            postcall::drain_spool(l.clone(), spool.clone(), region, stop.clone())
-        });
+        self.state
+            .tasks
+            .spawn("spool_drainer", stop_rx.clone(), move || {
+                postcall::drain_spool(l.clone(), spool.clone(), region, stop.clone())
+            });
         if self.background.warm_leads > 0 {
             let warm = self.background.warm_leads;
             tokio::spawn(async move {
@@ -305,25 +327,69 @@ impl Application {
             .spawn("database_probe", stop_rx_db, move || {
                 probe_database(store.clone(), down.clone(), stop.clone())
             });
+        if self.state.bus.is_shared() {
+            let (instances, stop) = (self.state.instances.clone(), stop_rx.clone());
+            self.state
+                .tasks
+                .spawn("heartbeat", stop_rx.clone(), move || {
+                    instances.clone().run(stop.clone())
+                });
+        }
+        let (admin, stop) = (self.state.admin.clone(), stop_rx.clone());
+        self.state
+            .tasks
+            .spawn("admin_receiver", stop_rx.clone(), move || {
+                admin::run_receiver(admin.clone(), stop.clone())
+            });
         let monitor = self.state.monitor.clone();
         let redis = self.state.lookup.cache().remote().cloned();
         let db_down = self.state.db_down_since_ms.clone();
+        let instances = self.state.instances.clone();
         monitor.spawn(Box::new(move || DownSince {
             redis_ms: redis.as_ref().and_then(|r| r.breaker.down_since_ms()),
             database_ms: Some(db_down.load(Ordering::Acquire)).filter(|t| *t > 0),
+            instances_lost: instances.lost_now(),
         }));
         let limits = self.state.settings.limits;
+        let instances = self.state.instances.clone();
         let router = http::router(self.state);
-        // SSE streams end as soon as shutdown begins: graceful shutdown waits for every open
-        // connection, and a stream never ends by itself.
+        // A stopping instance leaves the list at once. SSE streams end as soon as shutdown
+        // begins: graceful shutdown waits for every open connection, and a stream never ends
+        // by itself.
         let served = http::server::serve(self.listener, router, limits, async move {
             shutdown.await;
+            instances.leave().await;
             monitor.shutdown();
         })
         .await;
         let _ = stop_tx.send(true);
         served
     }
+}
+
+/// What this instance's heartbeat says about it.
+fn state_probe(
+    monitor: &Monitor,
+    cache: &Arc<crate::cache::Cache>,
+    db_down_since_ms: &Arc<AtomicI64>,
+    calls: Option<&Arc<Calls>>,
+) -> StateProbe {
+    let (monitor, cache, db_down) = (monitor.clone(), cache.clone(), db_down_since_ms.clone());
+    let calls = calls.cloned();
+    Box::new(move || LocalState {
+        redis: match cache.remote() {
+            None => "disabled",
+            Some(r) if r.breaker.is_closed() => "up",
+            Some(_) => "down",
+        },
+        database: if db_down.load(Ordering::Acquire) > 0 {
+            "down"
+        } else {
+            "up"
+        },
+        requests_per_s: monitor.summary().requests_per_s,
+        calls_active: calls.as_ref().map_or(0, |c| c.counts().active),
+    })
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,20 +1,58 @@
 //! Logging: `RUST_LOG` filters (default `info`), `LOG_FORMAT` picks text or JSON.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
+
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber once; later calls are no-ops (tests build many apps).
+/// The filter in force, swappable while the process runs (`log_level` admin messages).
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Installs the global subscriber once, writing to stderr; later calls are no-ops (tests build
+/// many apps).
 pub fn init(format: LogFormat) {
+    init_with_writer(format, std::io::stderr);
+}
+
+/// As [`init`], writing to `writer`.
+pub fn init_with_writer<W>(format: LogFormat, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let (filter, handle) = reload::Layer::new(filter);
+    let output = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(writer)
+            .boxed(),
     };
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init()
+        .is_ok()
+    {
+        let _ = FILTER.set(handle);
+    }
+}
+
+/// Replaces the log filter at once (an `EnvFilter` directive, as `RUST_LOG` takes).
+pub fn set_filter(directive: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(directive).map_err(|e| format!("not a log filter: {e}"))?;
+    let handle = FILTER
+        .get()
+        .ok_or("this process's logging was not set up by hotline")?;
+    handle
+        .reload(filter)
+        .map_err(|e| format!("the log filter could not be replaced: {e}"))
 }
 
 /// Panics are reported through the log, at error with where they happened; their message may

@@ -1,6 +1,7 @@
 //! The HTTP layer: one router per module, merged here, with request logging that records the
 //! route template (never the URI, which may carry personal data).
 
+mod admin;
 mod api;
 mod auth;
 pub mod calls;
@@ -21,9 +22,11 @@ use axum::response::Response;
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::admin::Admin;
 use crate::calls::{Bus, Calls};
 use crate::config::Secret;
 use crate::domain::Region;
+use crate::instances::Instances;
 use crate::lookup::Lookup;
 use crate::monitoring::{metrics, Monitor};
 use crate::spool::Spool;
@@ -48,6 +51,10 @@ pub struct AppState {
     pub calls: Option<Arc<Calls>>,
     /// The event bus every instance shares.
     pub bus: Arc<Bus>,
+    /// This instance among the others: heartbeats, the live list, draining.
+    pub instances: Arc<Instances>,
+    /// Admin messages to one instance or all.
+    pub admin: Arc<Admin>,
 }
 
 /// The settings the HTTP layer needs, resolved at start (secrets generated where unset).
@@ -74,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router())
         .merge(monitoring::router())
         .merge(calls::router())
+        .merge(admin::router())
         .fallback(|| async { ApiError::NotFound })
         // After every merge: it applies to the routes registered before it.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -180,8 +180,16 @@ async fn cache_stats(State(state): State<AppState>) -> impl IntoResponse {
     Json(Value::Object(kinds))
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+/// 200 while the process serves; 503 `draining` once told to drain, so that load balancers
+/// take the instance out while it still serves everything else.
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.instances.is_draining() {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        );
+    }
+    (axum::http::StatusCode::OK, Json(json!({"status": "ok"})))
 }
 
 fn rfc3339_ms(ms: i64) -> Option<String> {

@@ -41,14 +41,16 @@ pub const RESPONSE_TIME_HIGH: &str = "response_time_high";
 pub const ERROR_RATE_HIGH: &str = "error_rate_high";
 pub const REDIS_DOWN: &str = "redis_down";
 pub const DATABASE_DOWN: &str = "database_down";
+pub const INSTANCE_LOST: &str = "instance_lost";
 
 /// The alert names, in evaluation order.
-pub const ALERT_NAMES: [&str; 5] = [
+pub const ALERT_NAMES: [&str; 6] = [
     CACHE_HIT_RATE_LOW,
     RESPONSE_TIME_HIGH,
     ERROR_RATE_HIGH,
     REDIS_DOWN,
     DATABASE_DOWN,
+    INSTANCE_LOST,
 ];
 
 /// How many fired and resolved events `recent` keeps.
@@ -131,8 +133,10 @@ pub struct AlertEngine {
     redis_down_ms: i64,
     min_samples: u64,
     hold_ms: i64,
-    states: [State; 5],
+    states: [State; 6],
     recent: VecDeque<Alert>,
+    /// Instances this one found lost (how many, and since when), as last told.
+    lost: Option<(usize, i64)>,
 }
 
 fn secs_ms(s: u64) -> i64 {
@@ -150,6 +154,7 @@ impl AlertEngine {
             hold_ms: secs_ms(config.hold_s),
             states: Default::default(),
             recent: VecDeque::with_capacity(RECENT),
+            lost: None,
         }
     }
 
@@ -206,8 +211,25 @@ impl AlertEngine {
             }
             REDIS_DOWN => down("Redis", now_ms, redis_down_since_ms?, self.redis_down_ms),
             DATABASE_DOWN => down("the database", now_ms, db_down_since_ms?, self.hold_ms),
+            INSTANCE_LOST => {
+                let (n, since_ms) = self.lost?;
+                Some(Holds {
+                    value: n as f64,
+                    threshold: 0.0,
+                    since_ms: Some(since_ms),
+                    at_once: true,
+                    message: format!("{n} instance(s) stopped beating without leaving"),
+                })
+            }
             _ => None,
         }
+    }
+
+    /// Tells the engine about instances this one found lost: `instance_lost` holds while there
+    /// are any, and resolves as soon as there are none (they beat again, or the instance that
+    /// found them let them go after the alert hold).
+    pub fn set_lost(&mut self, lost: Option<(usize, i64)>) {
+        self.lost = lost;
     }
 
     /// Advances every alert to `now_ms` and returns what fired or resolved.
@@ -222,7 +244,12 @@ impl AlertEngine {
         for (i, name) in ALERT_NAMES.into_iter().enumerate() {
             let holds =
                 self.condition(name, now_ms, summary, redis_down_since_ms, db_down_since_ms);
-            let hold_ms = self.hold_ms;
+            // A lost instance is let go after the hold already: no second wait to resolve.
+            let hold_ms = if name == INSTANCE_LOST {
+                0
+            } else {
+                self.hold_ms
+            };
             let state = &mut self.states[i];
             let change = match (holds, &mut state.active) {
                 (Some(h), None) => {

@@ -47,9 +47,11 @@ pub const CALLS_DROPPED: &str = "hotline_calls_dropped_total";
 pub const EVENTS_PUBLISHED: &str = "hotline_events_published_total";
 pub const SSE_CLIENTS: &str = "hotline_sse_clients";
 pub const SSE_DROPPED: &str = "hotline_sse_clients_dropped_total";
+pub const INSTANCES_LIVE: &str = "hotline_instances_live";
+pub const ADMIN_MESSAGES: &str = "hotline_admin_messages_total";
 
 /// Every family this module exports.
-pub const FAMILIES: [&str; 24] = [
+pub const FAMILIES: [&str; 26] = [
     CACHE_REQUESTS,
     CACHE_LOAD_DURATION,
     CACHE_INVALIDATIONS,
@@ -74,6 +76,8 @@ pub const FAMILIES: [&str; 24] = [
     EVENTS_PUBLISHED,
     SSE_CLIENTS,
     SSE_DROPPED,
+    INSTANCES_LIVE,
+    ADMIN_MESSAGES,
 ];
 
 /// The `status` label of the ended-calls counter.
@@ -85,7 +89,9 @@ pub const SSE_STREAMS: [&str; 3] = ["events", "call", "monitoring"];
 /// The `source` label of the invalidation counter.
 pub const INVALIDATION_SOURCES: [&str; 5] = ["write", "pubsub", "notify", "manual", "continuity"];
 /// The `task` label of the background restart counter: every supervised task.
-pub const BACKGROUND_TASKS: [&str; 9] = [
+pub const BACKGROUND_TASKS: [&str; 11] = [
+    "admin_receiver",
+    "heartbeat",
     "call_writer",
     "call_upkeep",
     "event_subscriber",
@@ -121,7 +127,7 @@ struct Handles {
     invalidations: [Counter; 5],
     answers: [Counter; 5],
     post_call: [Counter; 5],
-    alert_firing: [Gauge; 5],
+    alert_firing: [Gauge; 6],
     bodies_refused: [Counter; 2],
     body_bytes_in_flight: Gauge,
     connections_open: Gauge,
@@ -272,6 +278,16 @@ fn describe() {
         Unit::Count,
         "Server-sent event clients disconnected because they did not keep up, by stream."
     );
+    describe_gauge!(
+        INSTANCES_LIVE,
+        Unit::Count,
+        "Live instances (this one included), as this instance last listed them (every heartbeat)."
+    );
+    describe_counter!(
+        ADMIN_MESSAGES,
+        Unit::Count,
+        "Admin messages sent through this instance, by command."
+    );
     describe_counter!(
         PANICS,
         Unit::Count,
@@ -334,6 +350,10 @@ fn register() -> Handles {
     for stream in SSE_STREAMS {
         gauge!(SSE_CLIENTS, "stream" => stream).increment(0.0);
         counter!(SSE_DROPPED, "stream" => stream).increment(0);
+    }
+    gauge!(INSTANCES_LIVE).set(1.0);
+    for command in crate::admin::COMMANDS {
+        counter!(ADMIN_MESSAGES, "command" => command).increment(0);
     }
     let _ = histogram!(HTTP_REQUEST_DURATION, "route" => "/healthz", "method" => "GET", "status" => "200");
     let _ = histogram!(DB_QUERY_DURATION, "query" => "ping");
@@ -588,6 +608,20 @@ impl Drop for SseClientGauge {
 pub fn sse_dropped(stream: &'static str) {
     if handles().is_some() && SSE_STREAMS.contains(&stream) {
         counter!(SSE_DROPPED, "stream" => stream).increment(1);
+    }
+}
+
+/// How many instances are live, as last listed.
+pub fn instances_live(n: usize) {
+    if handles().is_some() {
+        gauge!(INSTANCES_LIVE).set(n as f64);
+    }
+}
+
+/// An admin message sent: `command` one of [`crate::admin::COMMANDS`].
+pub fn admin_message(command: &str) {
+    if let (Some(_), Some(i)) = (handles(), index(&crate::admin::COMMANDS, command)) {
+        counter!(ADMIN_MESSAGES, "command" => crate::admin::COMMANDS[i]).increment(1);
     }
 }
 

@@ -286,9 +286,11 @@ impl Monitor {
         summary: &WindowSummary,
         down: DownSince,
     ) -> Vec<AlertChange> {
-        let changes = self
-            .engine()
-            .evaluate(now_ms, summary, down.redis_ms, down.database_ms);
+        let changes = {
+            let mut engine = self.engine();
+            engine.set_lost(down.instances_lost);
+            engine.evaluate(now_ms, summary, down.redis_ms, down.database_ms)
+        };
         for change in &changes {
             let firing = change.status == AlertStatus::Firing;
             metrics::alert_firing(change.alert.name, firing);

@@ -164,6 +164,8 @@ impl Broadcaster {
 pub struct DownSince {
     pub redis_ms: Option<i64>,
     pub database_ms: Option<i64>,
+    /// Instances this one found lost lately: how many, and since when.
+    pub instances_lost: Option<(usize, i64)>,
 }
 
 /// Read once a second by the ticker: cheap and synchronous (read atomics, no I/O).

@@ -9,6 +9,7 @@ mod continuity;
 mod embedded;
 mod faults;
 mod hostile;
+mod instances;
 mod limits;
 mod logging;
 mod monitoring;

@@ -25,15 +25,15 @@ use crate::webhooks::{
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A `hotline` process of the test's own, its stderr collected line by line. Killed on drop.
-struct Hotline {
-    child: Child,
+pub(crate) struct Hotline {
+    pub(crate) child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
 impl Hotline {
     /// Runs `hotline <args>` in a directory of its own, with only `env` (and `PATH`) set.
-    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Hotline {
+    pub(crate) fn spawn(args: &[&str], env: &[(&str, &str)]) -> Hotline {
         let dir = tempfile::tempdir().expect("a working directory");
         let mut child = Command::new(env!("CARGO_BIN_EXE_hotline"))
             .args(args)
@@ -62,12 +62,12 @@ impl Hotline {
         }
     }
 
-    fn stderr(&self) -> Vec<String> {
+    pub(crate) fn stderr(&self) -> Vec<String> {
         self.stderr.lock().expect("lock").clone()
     }
 
     /// The address it serves on, from its `hotline is serving` log line (JSON logs).
-    async fn serving_base(&self) -> String {
+    pub(crate) async fn serving_base(&self) -> String {
         let mut addr = None;
         let up = eventually(PATIENCE, || {
             addr = self.stderr().iter().find_map(|line| {

@@ -1,0 +1,134 @@
+//! The live instance list (no personal data, no token) and admin messages (admin token).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use super::api::{json_body, PathParam};
+use super::auth::Admin;
+use super::{ApiError, AppState, Result};
+use crate::admin::{SendError, COMMANDS, FILTER_MAX};
+use crate::calls::model::valid_call_id;
+use crate::monitoring::metrics;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/monitoring/instances", get(instances))
+        .route("/api/admin/messages", post(send_message))
+        .route("/api/admin/messages/{id}", get(get_message))
+}
+
+async fn instances(State(state): State<AppState>) -> impl IntoResponse {
+    let (live, shared) = state.instances.live().await;
+    metrics::instances_live(live.len());
+    Json(json!({
+        "self": state.instances.id(),
+        "instances": live,
+        // `false`: Redis is absent or down, and this instance knows only itself.
+        "shared": shared,
+    }))
+}
+
+async fn send_message(
+    _: Admin,
+    State(state): State<AppState>,
+    bytes: std::result::Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse> {
+    let body = json_body(bytes)?;
+    body.deny_unknown(&["to", "command", "args"])?;
+    let map = body.into_map();
+    let to = match map.get("to") {
+        Some(Value::String(to)) if to == "all" || valid_call_id(to) => to.clone(),
+        Some(Value::String(_)) => {
+            return Err(ApiError::invalid("to", "must be `all` or an instance id"))
+        }
+        Some(_) => return Err(ApiError::invalid("to", "must be a string")),
+        None => return Err(ApiError::invalid("to", "is required")),
+    };
+    let command = match map.get("command").and_then(Value::as_str) {
+        Some(c) if COMMANDS.contains(&c) => c.to_string(),
+        Some(_) | None => {
+            return Err(ApiError::invalid(
+                "command",
+                format_args!("must be one of: {}", COMMANDS.join(", ")),
+            ))
+        }
+    };
+    let args = match map.get("args") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(args)) => args.clone(),
+        Some(_) => return Err(ApiError::invalid("args", "must be an object")),
+    };
+    if command == "log_level" {
+        match args.get("filter") {
+            Some(Value::String(f)) if f.len() <= FILTER_MAX && !f.contains('\0') => {}
+            _ => {
+                return Err(ApiError::invalid(
+                    "args",
+                    format_args!(
+                        "must carry `filter`, a log filter of at most {FILTER_MAX} characters"
+                    ),
+                ))
+            }
+        }
+        if args.len() > 1 {
+            return Err(ApiError::invalid("args", "may only carry `filter`"));
+        }
+    } else if !args.is_empty() {
+        return Err(ApiError::invalid(
+            "args",
+            format_args!("`{command}` takes no arguments"),
+        ));
+    }
+    let (message, shared) = match state.admin.send(&to, &command, args).await {
+        Ok(sent) => sent,
+        Err(SendError::UnknownInstance) => return Err(ApiError::NotFound),
+    };
+    metrics::admin_message(&command);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": message.id,
+            "to": message.to,
+            "command": message.command,
+            "sent_at": message.sent_at,
+            "expected": message.expected,
+            // `false`: Redis is absent or down, and the message reached this instance alone.
+            "shared": shared,
+        })),
+    ))
+}
+
+async fn get_message(
+    _: Admin,
+    State(state): State<AppState>,
+    id: PathParam,
+) -> Result<impl IntoResponse> {
+    let Path(id) = id.map_err(|_| ApiError::NotFound)?;
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    let (message, acks) = state
+        .admin
+        .get(&id.to_string())
+        .await
+        .ok_or(ApiError::NotFound)?;
+    let missing: Vec<&String> = message
+        .expected
+        .iter()
+        .filter(|i| !acks.contains_key(*i))
+        .collect();
+    Ok(Json(json!({
+        "id": message.id,
+        "to": message.to,
+        "command": message.command,
+        "args": message.args,
+        "sent_at": message.sent_at,
+        "expected": message.expected,
+        "acks": acks,
+        "missing": missing,
+    })))
+}
