@@ -438,11 +438,15 @@ pub async fn run_subscriber(bus: Arc<Bus>, mut shutdown: watch::Receiver<bool>) 
             }
             let mut ping = tokio::time::interval(PING_EVERY);
             ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Every message counts as a sign of life, the subscriber's own pings included: a
+            // connection that died without closing hears nothing, and is replaced.
+            let mut last_heard = tokio::time::Instant::now();
             loop {
                 tokio::select! {
-                    msg = tokio::time::timeout(SUBSCRIPTION_SILENCE, messages.next()) => match msg {
-                        Err(_) | Ok(None) => break,
-                        Ok(Some(msg)) => {
+                    msg = messages.next() => match msg {
+                        None => break,
+                        Some(msg) => {
+                            last_heard = tokio::time::Instant::now();
                             let payload = msg.get_payload_bytes();
                             if payload == PING.as_bytes() {
                                 continue;
@@ -458,6 +462,9 @@ pub async fn run_subscriber(bus: Arc<Bus>, mut shutdown: watch::Receiver<bool>) 
                         }
                     },
                     _ = ping.tick() => {
+                        if last_heard.elapsed() > SUBSCRIPTION_SILENCE {
+                            break;
+                        }
                         let mut conn = remote.connection();
                         let _: Result<i64, _> = remote
                             .run_within(REDIS_TIMEOUT, redis::cmd("PUBLISH").arg(&bus.channel).arg(PING).query_async(&mut conn))
