@@ -127,6 +127,32 @@ struct Target {
     called: String,
 }
 
+/// The webhooks' call ids (`call_sid`): `CA` and 32 hex digits, a new one for every request.
+/// They come from a generator of their own, on a stream per worker, seeded once per run: the
+/// seed's sequence of callers stays what it was, and a second run against the same instance
+/// starts new calls too instead of updating the first run's.
+struct CallIds(ChaCha8Rng);
+
+impl CallIds {
+    fn new(run: u64, stream: u64) -> CallIds {
+        let mut rng = ChaCha8Rng::seed_from_u64(run);
+        rng.set_stream(stream);
+        CallIds(rng)
+    }
+
+    fn next_id(&mut self) -> String {
+        format!(
+            "CA{:016x}{:016x}",
+            self.0.random::<u64>(),
+            self.0.random::<u64>()
+        )
+    }
+}
+
+/// Generator streams of the call ids, per phase (a worker's number is added).
+const WARM_IDS: u64 = 1 << 32;
+const STAMPEDE_IDS: u64 = 2 << 32;
+
 /// What one worker saw.
 #[derive(Debug, Default)]
 struct Tally {
@@ -160,6 +186,8 @@ struct Shared {
     /// Unknown callers who call again, chosen by `unknown_zipf`; empty: a new number each time.
     unknown_pool: Vec<Target>,
     unknown_zipf: Option<Zipf>,
+    /// Seeds this run's call ids.
+    run_nonce: u64,
 }
 
 impl Shared {
@@ -215,6 +243,7 @@ impl Shared {
         &self,
         scenario: Scenario,
         target: Option<&Target>,
+        call_ids: &mut CallIds,
         due: Option<Instant>,
         tally: &mut Tally,
     ) {
@@ -234,7 +263,7 @@ impl Shared {
                     "caller_id": t.caller,
                     "agent_id": "agent_bench",
                     "called_number": t.called,
-                    "call_sid": "CA00000000000000000000000000000000",
+                    "call_sid": call_ids.next_id(),
                 })),
         };
         let outcome = match request.send().await {
@@ -322,6 +351,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         unknown_share: args.unknown_pct / 100.0,
         unknown_pool: Vec::new(),
         unknown_zipf: None,
+        run_nonce: rand::random(),
     };
     if needs_callers && args.unknown_pct > 0.0 {
         let size = args
@@ -498,6 +528,7 @@ async fn load(
         let pace = pace.clone();
         workers.push(tokio::spawn(async move {
             let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(w as u64));
+            let mut call_ids = CallIds::new(shared.run_nonce, w as u64);
             let mut tally = Tally::default();
             loop {
                 let due = match &pace {
@@ -514,7 +545,7 @@ async fn load(
                 };
                 let target = (scenario != Scenario::Healthz).then(|| shared.pick(&mut rng));
                 shared
-                    .send(scenario, target.as_ref(), due, &mut tally)
+                    .send(scenario, target.as_ref(), &mut call_ids, due, &mut tally)
                     .await;
             }
             tally
@@ -534,9 +565,16 @@ async fn warm_pass(shared: &Arc<Shared>, concurrency: usize) -> Tally {
         let order = Arc::clone(&order);
         workers.push(tokio::spawn(async move {
             let mut tally = Tally::default();
+            let mut call_ids = CallIds::new(shared.run_nonce, WARM_IDS + w as u64);
             for target in order.iter().skip(w).step_by(concurrency) {
                 shared
-                    .send(Scenario::Webhook, Some(target), None, &mut tally)
+                    .send(
+                        Scenario::Webhook,
+                        Some(target),
+                        &mut call_ids,
+                        None,
+                        &mut tally,
+                    )
                     .await;
             }
             tally
@@ -564,19 +602,26 @@ async fn stampede(shared: &Arc<Shared>, n: usize, seed: u64) -> Tally {
     let target = shared.known[rng.random_range(shared.known.len() / 2..shared.known.len())].clone();
     let gate = Arc::new(tokio::sync::Barrier::new(n));
     let mut workers = Vec::with_capacity(n);
-    for _ in 0..n {
+    for w in 0..n {
         let shared = Arc::clone(shared);
         let gate = Arc::clone(&gate);
         let target = target.clone();
         workers.push(tokio::spawn(async move {
+            let mut call_ids = CallIds::new(shared.run_nonce, STAMPEDE_IDS + w as u64);
             let mut warmup = Tally::default();
             shared
-                .send(Scenario::Healthz, None, None, &mut warmup)
+                .send(Scenario::Healthz, None, &mut call_ids, None, &mut warmup)
                 .await;
             gate.wait().await;
             let mut tally = Tally::default();
             shared
-                .send(Scenario::Stampede, Some(&target), None, &mut tally)
+                .send(
+                    Scenario::Stampede,
+                    Some(&target),
+                    &mut call_ids,
+                    None,
+                    &mut tally,
+                )
                 .await;
             tally
         }));
@@ -862,6 +907,7 @@ mod tests {
             unknown_share: 1.0,
             unknown_pool: Vec::new(),
             unknown_zipf: None,
+            run_nonce: 0,
         }
     }
 
@@ -900,6 +946,24 @@ mod tests {
         shared.fill_unknown_pool(5, 9, 1.0);
         let again = callers(&shared);
         assert_eq!(first, again, "the same seed, the same pool");
+    }
+
+    #[test]
+    fn every_request_gets_a_call_id_of_its_own() {
+        let mut ids = HashSet::new();
+        for stream in [0, 1, WARM_IDS, STAMPEDE_IDS] {
+            let mut call_ids = CallIds::new(42, stream);
+            for _ in 0..100 {
+                let id = call_ids.next_id();
+                assert_eq!(id.len(), 34, "{id}");
+                assert!(id.starts_with("CA"), "{id}");
+                assert!(id[2..].bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+                assert!(crate::calls::model::valid_call_id(&id), "{id}");
+                assert!(ids.insert(id), "a call id came twice");
+            }
+        }
+        let again = CallIds::new(43, 0).next_id();
+        assert!(!ids.contains(&again), "another run, other ids");
     }
 
     #[test]
