@@ -1,7 +1,10 @@
 //! `hotline bench`: a load generator for the conversation-initiation webhook and `/healthz`.
 //!
 //! HTTP/1.1 keep-alive over one `reqwest::Client`, a fixed number of workers, callers chosen by
-//! a seeded Zipf distribution over the seeded leads plus a share of unknown callers. Store loads
+//! a seeded Zipf distribution over the seeded leads plus a share of unknown callers. Every
+//! webhook carries a `call_sid` never sent before, so that each one starts a call (as each ring
+//! does), unless the instance runs with calls off. The calls scenario also listens to the event
+//! stream with many SSE clients, possibly on another instance (see [`sse`]). Store loads
 //! and tier hits are read from `/api/monitoring/stats/cache` before and after the measured phase;
 //! the answer's `X-Hotline-Source` gives the hit rate per tier as the caller sees it. With
 //! `--server-pid`, the instance's CPU time over the measured phase is read from `/proc` as well.
@@ -9,6 +12,7 @@
 
 pub mod cpu;
 pub mod instrumentation;
+pub mod sse;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashSet};
@@ -41,6 +45,10 @@ pub enum Scenario {
     Stampede,
     /// No server: what recording one webhook's metrics costs, in process, with and without.
     Instrumentation,
+    /// Call-heavy: the webhook as in `webhook` (a new call each time) while `--sse-clients`
+    /// clients stream `GET /api/events` from `--sse-url`; adds events delivered per second and
+    /// each event's latency from its creation to its arrival.
+    Calls,
 }
 
 impl Scenario {
@@ -50,6 +58,7 @@ impl Scenario {
             Scenario::Webhook => "webhook",
             Scenario::Stampede => "stampede",
             Scenario::Instrumentation => "instrumentation",
+            Scenario::Calls => "calls",
         }
     }
 }
@@ -115,6 +124,16 @@ pub struct BenchArgs {
     /// are null. The stampede's measured phase includes opening its connections.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Calls scenario: how many SSE clients stream `GET /api/events` during the measured phase.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub sse_clients: u64,
+    /// Calls scenario: the instance the SSE clients stream from (default: `--url`). Another
+    /// instance sharing Redis measures delivery across instances.
+    #[arg(long)]
+    pub sse_url: Option<String>,
+    /// Calls scenario: the admin token `GET /api/events` asks for.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Append the run's JSON object, one per line, to this file.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
@@ -384,8 +403,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
 
+    let listeners = match args.scenario {
+        Scenario::Calls => {
+            let token = args
+                .admin_token
+                .as_deref()
+                .context("--admin-token (ADMIN_TOKEN) is needed to stream /api/events")?;
+            let url = args.sse_url.as_deref().unwrap_or(&shared.base);
+            let listeners = sse::Listeners::connect(url, token, args.sse_clients as usize).await?;
+            eprintln!(
+                "bench: {} SSE clients streaming {}",
+                args.sse_clients, listeners.url
+            );
+            Some(listeners)
+        }
+        _ => None,
+    };
+
     let before = cache_stats(&shared).await?;
     let meter = args.server_pid.map(cpu::Meter::start);
+    if let Some(listeners) = &listeners {
+        listeners.start();
+    }
     let started = Instant::now();
     let (tally, concurrency) = match args.scenario {
         Scenario::Stampede => {
@@ -408,11 +447,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The events still on their way arrive (and are timed) before the streams close.
+    let sse = match listeners {
+        Some(listeners) => {
+            let url = listeners.url.clone();
+            let answered = (tally.latencies_us.len() as u64).saturating_sub(tally.errors);
+            Some(sse::report(
+                &url,
+                listeners.finish().await,
+                elapsed,
+                answered,
+            ))
+        }
+        None => None,
+    };
     // Let loads started by the last requests finish counting.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let after = cache_stats(&shared).await?;
 
-    let report = build_report(
+    let mut report = build_report(
         &label,
         args.scenario,
         &args,
@@ -423,6 +476,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         &before,
         &after,
     );
+    if let Some(sse) = sse {
+        report["sse"] = sse;
+    }
     println!("{}", human_line(&report));
     write_json(args.json_out.as_deref(), &report)
 }
@@ -811,6 +867,19 @@ fn human_line(r: &Value) -> String {
             ", left late against the schedule: p99 {} ms, max {} ms",
             f(&l["p99"]),
             f(&l["max"])
+        ),
+        None => String::new(),
+    } + &match r["sse"].as_object() {
+        Some(sse) => format!(
+            "; SSE: {clients} clients, {events} events ({per_s} events/s), latency p50 {p50} ms, p99 {p99} ms, max {max} ms, call.started delivered {delivered}%, {disconnected} disconnected",
+            clients = sse["clients"],
+            events = sse["events"],
+            per_s = sse["events_per_s"].as_f64().map_or("-".into(), |x| format!("{x:.0}")),
+            p50 = f(&sse["latency_ms"]["p50"]),
+            p99 = f(&sse["latency_ms"]["p99"]),
+            max = f(&sse["latency_ms"]["max"]),
+            delivered = f(&sse["call_started_delivered_pct"]),
+            disconnected = sse["disconnected"],
         ),
         None => String::new(),
     }
