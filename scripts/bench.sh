@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # Benchmarks hotline on this machine, in one run: (a) /healthz; (b) the webhook with both cache
-# tiers warm; (c) tier 2 only (L1_MAX_MB=0); (d) the cache off (L1_MAX_MB=0, REDIS_ENABLED=false);
-# (e) a cold start; (f) a stampede of concurrent requests for one cold caller; then (b) again,
-# paced at half the rate (b) reached, for the latency of an instance with headroom; and (g)
-# what recording a webhook's metrics costs, in process.
-# Writes bench-results/results.json and bench-results/results.md and prints b/a, b/c, b/d.
+# tiers warm; (i) the same with calls off (CALLS_ENABLED=false); (c) tier 2 only (L1_MAX_MB=0);
+# (d) the cache off (L1_MAX_MB=0, REDIS_ENABLED=false); (e) a cold start; (f) a stampede of
+# concurrent requests for one cold caller; then (b) again, paced at half the rate (b) reached,
+# for the latency of an instance with headroom; (j) call-heavy: the webhook on instance A while
+# SSE_CLIENTS clients stream GET /api/events from instance B (the two share Redis and the
+# database, with their own INSTANCE_ID), for events delivered per second and each event's
+# latency from creation on A to arrival at a client of B, as fast as the webhook goes (B drops
+# the clients it cannot keep up with: they show as disconnected); (k) the same paced at
+# CALLS_RATE new calls per second, for the latency of a pair with headroom; and (g) what
+# recording a webhook's metrics costs, in process.
+# Every webhook carries a new call_sid, so that each starts a call where calls are on (the
+# default): b/i is what tracking calls costs.
+# Writes bench-results/results.json and bench-results/results.md and prints b/a, b/c, b/d, and
+# the rps and p99 of calls on over calls off (b/i).
 #
 # Pinning: with taskset (util-linux) and at least two CPUs, the server runs on the first half
 # of the CPUs this script may use (CPU 0 of two) and the load generator, `hotline bench`, on the
@@ -12,7 +21,8 @@
 # seeding and (g) are not pinned. Without taskset, or with one CPU, nothing is (the script says).
 # Server CPU: for (a) to (e) and (b½), the server's CPU time (user + system, all threads, from
 # /proc/<pid>/stat) over the measured requests alone (not the warm pass), per request in µs;
-# "CPU b/a" is the warm webhook's over /healthz's. Null where there is no /proc.
+# "CPU b/a" is the warm webhook's over /healthz's; for (j), instance A's alone (B, which serves
+# the streams, is pinned with it). Null where there is no /proc.
 #
 #   bash scripts/bench.sh            # 100,000 leads, 15 s per scenario, 32 workers
 #   bash scripts/bench.sh --quick    # 2,000 leads, 3 s per scenario, 8 workers (CI)
@@ -20,8 +30,9 @@
 #                                    # hit rates per tier and the process's resident memory
 #
 # Overrides (environment): LEADS, DURATION_S, CONCURRENCY, STAMPEDE, UNKNOWN_PCT, ZIPF_S,
-# L1_MAX_MB (--scale), PG_URL (a server where a database may be created; default
-# postgres://root@127.0.0.1:5432), REDIS_URL (default redis://127.0.0.1:6379).
+# SSE_CLIENTS (default 50), CALLS_RATE (default 200), L1_MAX_MB (--scale), PG_URL (a server where
+# a database may be created; default postgres://root@127.0.0.1:5432), REDIS_URL (default
+# redis://127.0.0.1:6379).
 # Needs psql, redis-cli, curl and jq; taskset to pin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +56,8 @@ quick=$([ $mode = quick ] && echo true || echo false)
 L1_MAX_MB=${L1_MAX_MB:-64}
 UNKNOWN_PCT=${UNKNOWN_PCT:-10}
 ZIPF_S=${ZIPF_S:-1.0}
+SSE_CLIENTS=${SSE_CLIENTS:-50}
+CALLS_RATE=${CALLS_RATE:-200}
 PG_URL=${PG_URL:-postgres://root@127.0.0.1:5432}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 
@@ -101,23 +114,39 @@ WORK=$(mktemp -d)
 OUT=bench-results
 ADMIN_TOKEN=bench-admin-token-0123456789
 WEBHOOK_SECRET=bench-webhook-secret-0123456789
-export WEBHOOK_SECRET
-server_pid=
+export WEBHOOK_SECRET ADMIN_TOKEN
+# The instance under test, and a second one beside it (calls scenario), with their Redis prefixes.
+server_pid= peer_pid= server_prefix= peer_prefix=
+
+stop_pid() {
+  local pid=$1
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# forget_keys PREFIX: drops a run's keys, so that the calls every run starts (one per request)
+# do not pile up in Redis until the end.
+forget_keys() {
+  redis-cli -u "$REDIS_URL" --scan --pattern "$1*" 2>/dev/null |
+    xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
+}
 
 stop_server() {
-  if [ -n "$server_pid" ]; then
-    kill "$server_pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=
-  fi
+  local pid prefix
+  for pid in "$server_pid" "$peer_pid"; do
+    [ -z "$pid" ] || stop_pid "$pid"
+  done
+  for prefix in "$server_prefix" "$peer_prefix"; do
+    [ -z "$prefix" ] || forget_keys "$prefix"
+  done
+  server_pid= peer_pid= server_prefix= peer_prefix=
 }
 
 cleanup() {
   stop_server
-  redis-cli -u "$REDIS_URL" --scan --pattern "$PREFIX*" 2>/dev/null |
-    xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
+  forget_keys "$PREFIX"
   psql "$PG_URL/postgres" -Atqc "drop database if exists $DB with (force)" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
@@ -137,18 +166,23 @@ free_port() {
   die "no free port found"
 }
 
-# start_server NAME [ENV=VALUE ...]: a fresh instance with its own Redis prefix; sets $url.
+# start_server NAME [ENV=VALUE ...]: a fresh instance with its own Redis prefix (unless given
+# REDIS_KEY_PREFIX=…, as instances that share their state are); sets $url and $server_pid.
 start_server() {
   local name=$1
   shift
-  local port
+  local port prefix="$PREFIX-$name:" arg
+  for arg in "$@"; do
+    case "$arg" in REDIS_KEY_PREFIX=*) prefix=${arg#REDIS_KEY_PREFIX=} ;; esac
+  done
   port=$(free_port)
   url="http://127.0.0.1:$port"
   env LISTEN_ADDR="127.0.0.1:$port" DATABASE_URL="$DATABASE_URL" REDIS_URL="$REDIS_URL" \
-    REDIS_KEY_PREFIX="$PREFIX-$name" ADMIN_TOKEN="$ADMIN_TOKEN" WEBHOOK_SECRET="$WEBHOOK_SECRET" \
+    REDIS_KEY_PREFIX="$prefix" ADMIN_TOKEN="$ADMIN_TOKEN" WEBHOOK_SECRET="$WEBHOOK_SECRET" \
     SPOOL_DIR="$WORK/spool-$name" RUST_LOG=warn WARM_LEADS=0 L1_MAX_MB=64 REDIS_ENABLED=true \
     "$@" ${server_pin[@]+"${server_pin[@]}"} "$BIN" serve >"$WORK/server-$name.log" 2>&1 &
   server_pid=$! # env and taskset exec: this is the server's own pid
+  server_prefix=$prefix
   for _ in $(seq 1 100); do
     curl -fsS -o /dev/null "$url/healthz" 2>/dev/null && return 0
     kill -0 "$server_pid" 2>/dev/null || break
@@ -226,9 +260,14 @@ start_server a
 bench a_healthz --scenario healthz
 stop_server
 
-say "(b) webhook, both tiers warm"
+say "(b) webhook, both tiers warm (calls on: each request starts a call)"
 start_server b
 bench b_warm --scenario webhook --warm-pass
+stop_server
+
+say "(i) webhook, both tiers warm, calls off"
+start_server i CALLS_ENABLED=false
+bench i_warm_calls_off --scenario webhook --warm-pass
 stop_server
 
 say "(c) webhook, tier 2 only"
@@ -260,6 +299,25 @@ start_server h
 workers=$((CONCURRENCY * 4)) bench h_warm_half_rate --scenario webhook --warm-pass --rate "$half"
 stop_server
 
+# start_pair NAME: instances A ($url, $server_pid) and B ($url_b, $peer_pid) that share Redis
+# (one prefix) and the database, as the instances of one deployment do.
+start_pair() {
+  start_server "$1_b" REDIS_KEY_PREFIX="$PREFIX-$1:" INSTANCE_ID=bench-b
+  peer_pid=$server_pid peer_prefix=$server_prefix url_b=$url
+  start_server "$1_a" REDIS_KEY_PREFIX="$PREFIX-$1:" INSTANCE_ID=bench-a
+}
+
+say "(j) calls: webhooks to instance A, $SSE_CLIENTS SSE clients of /api/events on instance B"
+start_pair j
+bench j_calls --scenario calls --warm-pass --sse-url "$url_b" --sse-clients "$SSE_CLIENTS"
+stop_server
+
+say "(k) calls, paced at $CALLS_RATE new calls per second"
+start_pair k
+workers=$((CONCURRENCY * 4)) bench k_calls_paced --scenario calls --warm-pass --rate "$CALLS_RATE" \
+  --sse-url "$url_b" --sse-clients "$SSE_CLIENTS"
+stop_server
+
 say "(g) instrumentation: recording one webhook's metrics, in process"
 "$BIN" bench --scenario instrumentation --json-out "$OUT/instrumentation.jsonl" \
   --iterations "$([ $mode = quick ] && echo 100000 || echo 2000000)"
@@ -268,6 +326,8 @@ jq -s --arg leads "$LEADS" --arg quick "$quick" '
   def rate($x; $y): if ($y.rps // 0) > 0 then ($x.rps / $y.rps) else null end;
   def cpu($x; $y): ($x.server.cpu_us_per_request) as $cx | ($y.server.cpu_us_per_request) as $cy
     | if $cx != null and ($cy // 0) > 0 then $cx / $cy else null end;
+  def p99($x; $y): ($x.latency_ms.p99) as $px | ($y.latency_ms.p99) as $py
+    | if $px != null and ($py // 0) > 0 then $px / $py else null end;
   (map({(.label[0:1]): .}) | add) as $r
   | {
       machine: $machine,
@@ -275,7 +335,10 @@ jq -s --arg leads "$LEADS" --arg quick "$quick" '
       runs: .,
       instrumentation: $instrumentation[0],
       ratios: {"b/a": rate($r.b; $r.a), "b/c": rate($r.b; $r.c), "b/d": rate($r.b; $r.d),
-               "CPU b/a": cpu($r.b; $r.a)}
+               "CPU b/a": cpu($r.b; $r.a),
+               "calls on/off rps": rate($r.b; $r.i),
+               "calls on/off p99": p99($r.b; $r.i),
+               "calls on/off CPU": cpu($r.b; $r.i)}
     }' --argjson machine "$machine" --slurpfile instrumentation "$OUT/instrumentation.jsonl" "$OUT/runs.jsonl" >"$OUT/results.json"
 
 jq -r --arg pinning "$pinning" '
@@ -285,6 +348,14 @@ jq -r --arg pinning "$pinning" '
   (.runs[] | "| \(.label) | \(.requests) | \(.errors) | \(.rps | f(0)) | \(.latency_ms.p50 | f(2)) | \(.latency_ms.p95 | f(2)) | \(.latency_ms.p99 | f(2)) | \(.latency_ms.max | f(2)) | \(.server.cpu_us_per_request | f(1)) | \(.client_hit_pct.l1 | f(1)) | \(.client_hit_pct.l2 | f(1)) | \(.server.loads_per_request | f(4)) |"),
   "",
   "Ratios of requests per second: b/a \(.ratios["b/a"] | f(2)), b/c \(.ratios["b/c"] | f(2)), b/d \(.ratios["b/d"] | f(2)). Server CPU per request, CPU b/a: \(.ratios["CPU b/a"] | f(2)) (the warm webhook over /healthz).",
+  "",
+  "Calls on over calls off (b/i, the warm webhook, a new call per request): rps \(.ratios["calls on/off rps"] | f(2)), p99 \(.ratios["calls on/off p99"] | f(2)), server CPU per request \(.ratios["calls on/off CPU"] | f(2)).",
+  "",
+  "Event streams (webhooks to instance A, SSE clients of /api/events on instance B; latency: arrival at the client minus the event'"'"'s `at`, stamped on A):",
+  "",
+  "| scenario | webhooks/s | SSE clients | events delivered | events/s | latency p50 ms | p99 ms | max ms | call.started delivered % | disconnected |",
+  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  (.runs[] | select(.sse != null) | "| \(.label) | \(.rps | f(0)) | \(.sse.clients) | \(.sse.events) | \(.sse.events_per_s | f(0)) | \(.sse.latency_ms.p50 | f(2)) | \(.sse.latency_ms.p99 | f(2)) | \(.sse.latency_ms.max | f(2)) | \(.sse.call_started_delivered_pct | f(1)) | \(.sse.disconnected) |"),
   "",
   $pinning,
   "",
