@@ -300,6 +300,17 @@ impl Application {
                     calls::bus::run_subscriber(bus.clone(), stop.clone())
                 });
         }
+        // The dashboard's live list of bus events.
+        let (bus, monitor, stop) = (
+            self.state.bus.clone(),
+            self.state.monitor.clone(),
+            stop_rx.clone(),
+        );
+        self.state
+            .tasks
+            .spawn("event_forwarder", stop_rx.clone(), move || {
+                crate::monitoring::stream::forward_bus(bus.clone(), monitor.clone(), stop.clone())
+            });
         if let Some(calls) = &self.state.calls {
             calls.spawn(&self.state.tasks, stop_rx.clone());
         }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use redis::Script;
 use tokio::sync::{broadcast, watch};
@@ -59,6 +60,10 @@ pub struct BusEvent {
     pub id: EventId,
     pub kind: String,
     pub call_id: Option<String>,
+    /// The instance that published it.
+    pub instance_id: String,
+    /// When it was created, on that instance.
+    pub at: DateTime<Utc>,
     pub full: Arc<str>,
     pub public: Arc<str>,
 }
@@ -77,6 +82,8 @@ impl BusEvent {
             id,
             kind: event.kind.clone(),
             call_id: event.call_id.clone(),
+            instance_id: event.instance_id.clone(),
+            at: event.at,
             full,
             public,
         })
@@ -97,6 +104,8 @@ impl BusEvent {
             id: event.id.parse().ok()?,
             kind: event.kind,
             call_id: event.call_id,
+            instance_id: event.instance_id,
+            at: event.at,
             full,
             public,
         })

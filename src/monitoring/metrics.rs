@@ -89,12 +89,13 @@ pub const SSE_STREAMS: [&str; 3] = ["events", "call", "monitoring"];
 /// The `source` label of the invalidation counter.
 pub const INVALIDATION_SOURCES: [&str; 5] = ["write", "pubsub", "notify", "manual", "continuity"];
 /// The `task` label of the background restart counter: every supervised task.
-pub const BACKGROUND_TASKS: [&str; 11] = [
+pub const BACKGROUND_TASKS: [&str; 12] = [
     "admin_receiver",
     "heartbeat",
     "call_writer",
     "call_upkeep",
     "event_subscriber",
+    "event_forwarder",
     "redis_probe",
     "redis_subscriber",
     "generation_sweep",

@@ -1,9 +1,13 @@
 //! Live monitoring over server-sent events: `event: metrics` every second (the
-//! `/api/monitoring/metrics` JSON) and `event: alert` on each firing and resolving.
+//! `/api/monitoring/metrics` JSON), `event: alert` on each firing and resolving, and `event: bus`
+//! for every event of the bus (calls, alerts, instances) reduced to its id, type, time and
+//! instance: the dashboard's live list, with no personal data and so no admin token.
 //!
 //! Events are serialised once and fanned out through a `tokio::sync::broadcast` channel: the
 //! sender never waits, and a subscriber that falls behind skips ahead to the newest events
-//! instead of holding memory. Every stream ends when the shutdown signal turns true, so that a
+//! instead of holding memory. Bus events go through a channel of their own, so that a flood of
+//! calls makes a slow reader skip bus events, never metrics or alerts. Every stream ends when
+//! the shutdown signal turns true, so that a
 //! graceful shutdown (which waits for open connections) is not held up by dashboards.
 
 use std::convert::Infallible;
@@ -11,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
+use chrono::{DateTime, Utc};
 use futures_util::stream::{self, Stream};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
@@ -19,9 +24,12 @@ use tokio::task::JoinHandle;
 use super::alerts::AlertChange;
 use super::window::WindowSummary;
 use super::Monitor;
+use crate::calls::{Bus, BusEvent};
 
 /// Events buffered per subscriber before it starts skipping.
 pub const CAPACITY: usize = 64;
+/// Bus events buffered per subscriber before it starts skipping them.
+pub const BUS_CAPACITY: usize = 256;
 /// A comment line this often keeps proxies from closing an idle stream.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// What `EventSource` waits before reconnecting.
@@ -57,6 +65,8 @@ impl StreamEvent {
 #[derive(Debug)]
 pub struct Broadcaster {
     tx: broadcast::Sender<StreamEvent>,
+    /// `bus` events, apart.
+    bus_tx: broadcast::Sender<StreamEvent>,
     /// The latest `metrics` event, sent first to a new subscriber so that a dashboard has
     /// numbers at once.
     last_metrics: Mutex<Option<StreamEvent>>,
@@ -71,8 +81,10 @@ impl Default for Broadcaster {
 impl Broadcaster {
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity);
+        let (bus_tx, _) = broadcast::channel(BUS_CAPACITY);
         Broadcaster {
             tx,
+            bus_tx,
             last_metrics: Mutex::new(None),
         }
     }
@@ -98,6 +110,24 @@ impl Broadcaster {
         }
     }
 
+    /// Tells the stream's readers that `event` happened: its id, type, creation time and
+    /// instance, nothing else (no call id, no data: they may name a caller). Nothing is done
+    /// while no one reads the stream.
+    pub fn publish_bus(&self, event: &BusEvent) {
+        if self.bus_tx.receiver_count() == 0 {
+            return;
+        }
+        let notice = BusNotice {
+            id: event.id.to_string(),
+            kind: &event.kind,
+            at: event.at,
+            instance_id: &event.instance_id,
+        };
+        if let Some(event) = StreamEvent::new("bus", &notice) {
+            let _ = self.bus_tx.send(event);
+        }
+    }
+
     pub fn subscribers(&self) -> usize {
         self.tx.receiver_count()
     }
@@ -109,19 +139,20 @@ impl Broadcaster {
         shutdown: watch::Receiver<bool>,
     ) -> impl Stream<Item = StreamEvent> + Send + 'static {
         let rx = self.tx.subscribe();
+        let bus = self.bus_tx.subscribe();
         let first = self
             .last_metrics
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         stream::unfold(
-            (rx, shutdown, first),
-            |(mut rx, mut shutdown, first)| async move {
+            (rx, bus, shutdown, first),
+            |(mut rx, mut bus, mut shutdown, first)| async move {
                 if *shutdown.borrow_and_update() {
                     return None;
                 }
                 if let Some(event) = first {
-                    return Some((event, (rx, shutdown, None)));
+                    return Some((event, (rx, bus, shutdown, None)));
                 }
                 loop {
                     tokio::select! {
@@ -132,7 +163,12 @@ impl Broadcaster {
                             }
                         }
                         received = rx.recv() => match received {
-                            Ok(event) => return Some((event, (rx, shutdown, None))),
+                            Ok(event) => return Some((event, (rx, bus, shutdown, None))),
+                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        },
+                        received = bus.recv() => match received {
+                            Ok(event) => return Some((event, (rx, bus, shutdown, None))),
                             Err(broadcast::error::RecvError::Lagged(_)) => continue,
                             Err(broadcast::error::RecvError::Closed) => return None,
                         },
@@ -155,6 +191,35 @@ impl Broadcaster {
             Ok(e.to_sse())
         });
         Sse::new(hello.chain(events)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    }
+}
+
+/// A bus event as the monitoring stream tells it.
+#[derive(Debug, Serialize)]
+struct BusNotice<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    at: DateTime<Utc>,
+    instance_id: &'a str,
+}
+
+/// Forwards every bus event reaching this instance (its own and every other's) to the
+/// monitoring stream, until shutdown; supervised. A burst beyond the bus's buffer is skipped.
+pub async fn forward_bus(bus: Arc<Bus>, monitor: Monitor, mut shutdown: watch::Receiver<bool>) {
+    let mut events = bus.subscribe();
+    if *shutdown.borrow_and_update() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            received = events.recv() => match received {
+                Ok(event) => monitor.broadcaster().publish_bus(&event),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Monitoring, end to end: the Prometheus text (checked by `promtool`, free of personal data),
 //! the rolling-window JSON, per-kind cache stats, the SSE stream, an alert firing and
-//! resolving (SSE, alerts list, webhook, gauge), health with Redis or the database down, and
-//! the dashboard rendering live numbers in headless Chromium.
+//! resolving (SSE, alerts list, webhook, gauge), health with Redis or the database down, bus
+//! events reaching the stream bare, and the dashboard rendering live numbers in headless
+//! Chromium.
 //!
 //! Prometheus metrics live in one recorder per process; nextest runs each test in a process of
 //! its own, so a test's instance is the only one feeding `/metrics` and exact counts hold.
@@ -1263,6 +1264,9 @@ const READ_DASHBOARD: &str = r#"(() => {
   return out;
 })()"#;
 
+/// The name of the instance under test in the bus event tests, as its events carry it.
+const DASHBOARD_INSTANCE: &str = "dashboard-test-1";
+
 /// The text of element `id` ("" while it is not on the page, as before the page has loaded).
 fn shown<'a>(dom: &'a Value, id: &str) -> &'a str {
     dom[id]["text"].as_str().unwrap_or_default()
@@ -1280,6 +1284,54 @@ fn dashboard_live(dom: &Value) -> bool {
             .iter()
             .all(|id| has_number(dom, id))
         && shown(dom, "health-status") == "healthy"
+}
+
+/// Every bus event reaches the monitoring stream as `event: bus` with its id, type, time and
+/// instance alone: no call id, no data, so nothing that names a caller.
+#[tokio::test]
+async fn bus_events_reach_the_monitoring_stream_bare() {
+    let mut flags = flags_with_redis();
+    flags.extend(["--instance-id", DASHBOARD_INSTANCE].map(String::from));
+    let app = spawn_with(&flags).await;
+    wait_redis(&app).await;
+    known_caller(&app).await;
+    let mut stream = SseClient::connect(&app.url("/api/monitoring/stream")).await;
+    let call_sid = "CAbus00000000000000000000000000001";
+    let mut body = initiation_body(CALLER, ORG_PHONE);
+    body["call_sid"] = json!(call_sid);
+    initiation_ok(app.initiate(&body).await).await;
+    let event = stream
+        .next_named("bus", Instant::now() + Duration::from_secs(10))
+        .await
+        .expect("a `bus` event within 10 s");
+    let bus = event.json();
+    let keys: BTreeSet<&str> = bus
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["id", "type", "at", "instance_id"]),
+        "{bus}"
+    );
+    assert_eq!(bus["type"], "call.started", "{bus}");
+    assert_eq!(bus["instance_id"], DASHBOARD_INSTANCE, "{bus}");
+    assert!(
+        bus["id"].as_str().is_some_and(|id| id.contains('-')),
+        "a stream id: {bus}"
+    );
+    let at = bus["at"].as_str().expect("a time");
+    let at = chrono::DateTime::parse_from_rfc3339(at).expect("RFC 3339");
+    let age = chrono::Utc::now().signed_duration_since(at);
+    assert!(
+        age >= chrono::Duration::zero() && age < chrono::Duration::seconds(10),
+        "{bus}"
+    );
+    for secret in [call_sid, CALLER, ORG_PHONE] {
+        assert!(!event.data.contains(secret), "{secret} in {bus}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
