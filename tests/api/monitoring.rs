@@ -1,8 +1,8 @@
 //! Monitoring, end to end: the Prometheus text (checked by `promtool`, free of personal data),
 //! the rolling-window JSON, per-kind cache stats, the SSE stream, an alert firing and
 //! resolving (SSE, alerts list, webhook, gauge), health with Redis or the database down, bus
-//! events reaching the stream bare, and the dashboard rendering live numbers in headless
-//! Chromium.
+//! events reaching the stream bare, and the dashboard rendering live numbers, calls and events in
+//! headless Chromium.
 //!
 //! Prometheus metrics live in one recorder per process; nextest runs each test in a process of
 //! its own, so a test's instance is the only one feeding `/metrics` and exact counts hold.
@@ -26,7 +26,7 @@ use crate::support::infra::{
 };
 use crate::support::sse::SseClient;
 use crate::webhooks::{
-    initiation_body, initiation_ok, known_caller, KnownCaller, CALLER, ORG_PHONE,
+    initiation_body, initiation_ok, known_caller, KnownCaller, CALLER, CALL_SID, ORG_PHONE,
 };
 
 /// The families the contract requires.
@@ -1257,12 +1257,18 @@ const READ_DASHBOARD: &str = r#"(() => {
   const out = {};
   for (const id of ["req-rate", "avg-response", "hit-rate", "l1-hit-rate", "l2-hit-rate", "p50", "p95",
                     "p99", "error-rate", "redis-latency", "window-s", "stream-state", "health-status",
-                    "db-state", "redis-state", "alert-count", "updated", "tile-hit-rate"]) {
+                    "db-state", "redis-state", "alert-count", "updated", "tile-hit-rate",
+                    "calls-active", "calls-per-minute", "event-count"]) {
     const el = document.getElementById(id);
     out[id] = el ? { text: el.textContent.trim(), value: el.dataset.value ?? null, tone: el.dataset.tone ?? null } : null;
   }
   return out;
 })()"#;
+
+/// The dashboard's live list of bus events, newest first.
+const READ_EVENTS: &str = r##"(() => [...document.querySelectorAll("#bus-events li[data-id]")].map((li) => ({
+  id: li.dataset.id, type: li.dataset.type, instance: li.dataset.instance, text: li.textContent,
+})))()"##;
 
 /// The name of the instance under test in the bus event tests, as its events carry it.
 const DASHBOARD_INSTANCE: &str = "dashboard-test-1";
@@ -1338,7 +1344,9 @@ async fn bus_events_reach_the_monitoring_stream_bare() {
 async fn dashboard_shows_live_numbers_in_headless_chromium() {
     // Fails at once, saying how to install it, when Chromium is missing.
     crate::support::browser::chromium();
-    let app = Arc::new(spawn_with(&flags_with_redis()).await);
+    let mut flags = flags_with_redis();
+    flags.extend(["--instance-id", DASHBOARD_INSTANCE].map(String::from));
+    let app = Arc::new(spawn_with(&flags).await);
     wait_redis(&app).await;
     known_caller(&app).await;
 
@@ -1439,13 +1447,72 @@ async fn dashboard_shows_live_numbers_in_headless_chromium() {
     );
     let last = browser.eval(&page, READ_DASHBOARD).await;
     assert_eq!(shown(&last, "stream-state"), "live", "{last:#}");
+
+    // Calls: the load's webhooks name a call; one more, for a call never seen, shows at the top
+    // of the live events, and the calls figure counts them (every few seconds).
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("the load task");
+    let call_sid = "CAdashboard0000000000000000000001";
+    let mut body = initiation_body(CALLER, ORG_PHONE);
+    body["call_sid"] = json!(call_sid);
+    assert_eq!(app.initiate(&body).await.status(), 200);
+    let until = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = browser.eval(&page, READ_EVENTS).await;
+        let started = events.as_array().is_some_and(|list| {
+            list.first()
+                .is_some_and(|e| e["type"] == "call.started" && e["instance"] == DASHBOARD_INSTANCE)
+        });
+        if started || Instant::now() > until {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let list = events.as_array().expect("a list");
+    assert_eq!(
+        list.first().map(|e| (&e["type"], &e["instance"])),
+        Some((&json!("call.started"), &json!(DASHBOARD_INSTANCE))),
+        "the new call's event tops the live list: {events:#}"
+    );
+    assert!(list.len() <= 20, "at most 20 events listed: {events:#}");
+    for secret in [call_sid, CALL_SID, CALLER, ORG_PHONE] {
+        assert!(
+            !events.to_string().contains(secret),
+            "the list shows no call id or number ({secret}): {events:#}"
+        );
+    }
+    let until = Instant::now() + Duration::from_secs(15);
+    let calls = loop {
+        let dom = browser.eval(&page, READ_DASHBOARD).await;
+        let at_least = |id: &str, n: f64| {
+            dom[id]["value"]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v >= n)
+        };
+        if (at_least("calls-active", 2.0) && at_least("calls-per-minute", 1.0))
+            || Instant::now() > until
+        {
+            break dom;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // The load's call and the new one (the load's may have started over a minute ago).
+    assert_eq!(
+        shown(&calls, "calls-active"),
+        "2",
+        "both calls are active: {calls:#}"
+    );
+    assert!(
+        ["1", "2"].contains(&shown(&calls, "calls-per-minute")),
+        "{calls:#}"
+    );
+    assert!(has_number(&calls, "event-count"), "{calls:#}");
+
     let errors = browser.page_errors(&page).await;
     assert!(
         errors.is_empty(),
         "the page's scripts ran without errors: {errors:?}"
     );
     browser.close().await;
-
-    stop.store(true, Ordering::Relaxed);
-    load.await.expect("the load task");
 }

@@ -28,7 +28,7 @@ const STRANGER: &str = "+16127654321";
 const NOBODYS_NUMBER: &str = "+17633334455";
 
 const AGENT_ID: &str = "agent_8501k9r8sbb5fjbbym8c9y1jqt9b";
-const CALL_SID: &str = "CA841665fa7c0d67dcbe339174e89be679";
+pub const CALL_SID: &str = "CA841665fa7c0d67dcbe339174e89be679";
 
 const OLDER_SUMMARY: &str = "Asked about teeth whitening prices";
 const LATEST_SUMMARY: &str = "Booked a cleaning for next Tuesday";
