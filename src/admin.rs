@@ -308,9 +308,9 @@ pub async fn run_receiver(admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>
         tokio::select! {
             received = events.recv() => match received {
                 Ok(event) if event.kind == types::ADMIN_MESSAGE => {
-                    match serde_json::from_value::<Message>(event.event().data) {
-                        Ok(message) => admin.handle(message).await,
-                        Err(e) => tracing::warn!(error = %e, "ignoring a malformed admin message"),
+                    match event.event().map(|e| serde_json::from_value::<Message>(e.data)) {
+                        Some(Ok(message)) => admin.handle(message).await,
+                        _ => tracing::warn!("ignoring a malformed admin message"),
                     }
                 }
                 Ok(_) => {}

@@ -363,6 +363,7 @@ impl Application {
         }));
         let limits = self.state.settings.limits;
         let instances = self.state.instances.clone();
+        let calls = self.state.calls.clone();
         let router = http::router(self.state);
         // A stopping instance leaves the list at once. SSE streams end as soon as shutdown
         // begins: graceful shutdown waits for every open connection, and a stream never ends
@@ -374,9 +375,16 @@ impl Application {
         })
         .await;
         let _ = stop_tx.send(true);
+        // Queued call changes are written before the process ends.
+        if let Some(calls) = calls {
+            calls.stopped(CALLS_STOP_AT_MOST).await;
+        }
         served
     }
 }
+
+/// How long a stopping instance waits for the call writer (its own bound is 3 s per part).
+const CALLS_STOP_AT_MOST: Duration = Duration::from_secs(8);
 
 /// What this instance's heartbeat says about it.
 fn state_probe(

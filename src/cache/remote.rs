@@ -36,7 +36,7 @@ pub enum RemoteError {
 impl RemoteError {
     /// Whether the connection itself failed: a new one may reach another server (a restart, a
     /// failover), which must be verified before anything it says is trusted.
-    fn broke_connection(&self) -> bool {
+    pub fn broke_connection(&self) -> bool {
         match self {
             RemoteError::Redis(e) => {
                 e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal()

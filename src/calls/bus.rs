@@ -111,8 +111,9 @@ impl BusEvent {
         })
     }
 
-    pub fn event(&self) -> Event {
-        serde_json::from_str(&self.full).expect("the bus's own JSON parses")
+    /// The event itself (`None` only if its JSON was not the bus's own).
+    pub fn event(&self) -> Option<Event> {
+        serde_json::from_str(&self.full).ok()
     }
 }
 
@@ -227,8 +228,15 @@ impl Bus {
                     event.id = id;
                     return event;
                 }
+                // Redis was not reached: the event stays in this instance.
+                Err(e) if matches!(e, RemoteError::Open) || e.broke_connection() => {
+                    tracing::debug!(error = %e, kind = %event.kind, "event kept in this instance: redis is down");
+                }
+                // It may have been published (a timeout after the script ran): publishing it
+                // here too could deliver it twice, under two ids.
                 Err(e) => {
-                    tracing::debug!(error = %e, kind = %event.kind, "event kept in this instance: redis failed")
+                    tracing::warn!(error = %e, kind = %event.kind, "event may not have been published");
+                    return event;
                 }
             }
         }
@@ -278,19 +286,57 @@ impl Bus {
         event
     }
 
-    /// The events of `scope` after `after` that are kept, oldest first, at most `limit`.
+    /// The events of `scope` that are kept: after `after`, every one kept (read a page at a
+    /// time); without it, the newest `limit`. Oldest first. An error when Redis holds them and
+    /// cannot be read: what is missed must not pass for nothing.
     pub async fn replay(
         &self,
         scope: &Scope,
         after: Option<EventId>,
         limit: usize,
-    ) -> Vec<Arc<BusEvent>> {
-        if let Some(remote) = self.remote.as_ref().filter(|r| r.breaker.is_closed()) {
-            match self.replay_redis(remote, scope, after, limit).await {
-                Ok(events) => return events,
-                Err(e) => tracing::debug!(error = %e, "replaying events from memory: redis failed"),
+    ) -> Result<Vec<Arc<BusEvent>>, RemoteError> {
+        if let Some(remote) = &self.remote {
+            if remote.breaker.is_closed() {
+                let Some(mut cursor) = after else {
+                    return self.replay_redis(remote, scope, None, limit).await;
+                };
+                // `MAXLEN ~` keeps a little more than its bound: read until the end.
+                let mut events: Vec<Arc<BusEvent>> = Vec::new();
+                loop {
+                    let page = self
+                        .replay_redis(remote, scope, Some(cursor), CATCH_UP_PAGE)
+                        .await?;
+                    let n = page.len();
+                    if let Some(last) = page.last() {
+                        cursor = last.id;
+                    }
+                    events.extend(page);
+                    if n < CATCH_UP_PAGE || events.len() >= limit.saturating_mul(2) {
+                        return Ok(events);
+                    }
+                }
+            }
+            if self.local_is_empty() {
+                return Err(RemoteError::Open);
             }
         }
+        Ok(self.replay_local(scope, after, limit))
+    }
+
+    fn local_is_empty(&self) -> bool {
+        self.local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .events
+            .is_empty()
+    }
+
+    fn replay_local(
+        &self,
+        scope: &Scope,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Vec<Arc<BusEvent>> {
         let log = self.local.lock().unwrap_or_else(PoisonError::into_inner);
         let mut events: Vec<Arc<BusEvent>> = log
             .events

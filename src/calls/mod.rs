@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 
 pub use bus::{Bus, BusEvent, Scope};
 pub use model::{Call, CallStatus, Control, Event, EventId, Ring};
-pub use store::{Backend, CallBook, Step, Updated};
+pub use store::{Backend, CallBook, Step, UpdateError, Updated};
 
 use crate::monitoring::{metrics, CallsSummary};
 use crate::supervise::Tasks;
@@ -82,6 +82,8 @@ pub struct Calls {
     receiver: Mutex<mpsc::Receiver<Work>>,
     active: AtomicI64,
     started_last_minute: AtomicI64,
+    /// How many of the writer and the upkeep have finished their last work on shutdown.
+    finished: watch::Sender<u8>,
 }
 
 impl Calls {
@@ -94,6 +96,7 @@ impl Calls {
             receiver: Mutex::new(receiver),
             active: AtomicI64::new(0),
             started_last_minute: AtomicI64::new(0),
+            finished: watch::channel(0).0,
         }
     }
 
@@ -152,6 +155,7 @@ impl Calls {
         if tokio::time::timeout(DRAIN_AT_MOST, drained).await.is_err() {
             tracing::warn!("stopped before every queued call change was written");
         }
+        self.finished.send_modify(|n| *n += 1);
     }
 
     /// Applies a batch: the changes of different calls at once, those of one call in the
@@ -189,8 +193,31 @@ impl Calls {
                         }
                     }
                 }
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
             }
+        }
+        // Stopping: what memory holds goes back to Redis, if it answers now.
+        if self.book.pending_count() > 0 {
+            match tokio::time::timeout(DRAIN_AT_MOST, self.book.write_back()).await {
+                Ok(Ok(n)) => tracing::info!(calls = n, "calls kept in memory written back on stop"),
+                _ => tracing::warn!(
+                    calls = self.book.pending_count(),
+                    "stopped with calls only this instance held; they are lost"
+                ),
+            }
+        }
+        self.finished.send_modify(|n| *n += 1);
+    }
+
+    /// Waits (at most `within`) for the writer and the upkeep to finish their last work after
+    /// shutdown began.
+    pub async fn stopped(&self, within: Duration) {
+        let mut finished = self.finished.subscribe();
+        if tokio::time::timeout(within, finished.wait_for(|n| *n >= 2))
+            .await
+            .is_err()
+        {
+            tracing::warn!("stopped before the call writer finished");
         }
     }
 
@@ -226,7 +253,13 @@ impl Calls {
                         }))
                     })
                     .await;
-                let Ok(updated) = updated;
+                let updated = match updated {
+                    Ok(updated) => updated,
+                    Err(e) => {
+                        tracing::warn!(error = ?e, "a ringing call was not recorded");
+                        return;
+                    }
+                };
                 if updated.before.is_none() {
                     metrics::call_started();
                 }
@@ -245,11 +278,16 @@ impl Calls {
                     return;
                 };
                 let updated = self
-                    .finish(&id, CallStatus::Ended, |call| {
-                        if let Some(c) = &conversation_id {
-                            call.conversation_id = Some(c.clone());
-                        }
-                    })
+                    .finish(
+                        &id,
+                        CallStatus::Ended,
+                        matches!(call, CallRef::Id(_)),
+                        |call| {
+                            if let Some(c) = &conversation_id {
+                                call.conversation_id = Some(c.clone());
+                            }
+                        },
+                    )
                     .await;
                 self.announce(model::types::CALL_ENDED, updated).await;
             }
@@ -258,11 +296,16 @@ impl Calls {
                     return;
                 };
                 let updated = self
-                    .finish(&id, CallStatus::Failed, |call| {
-                        if reason.is_some() {
-                            call.failure_reason = reason.clone();
-                        }
-                    })
+                    .finish(
+                        &id,
+                        CallStatus::Failed,
+                        matches!(call, CallRef::Id(_)),
+                        |call| {
+                            if reason.is_some() {
+                                call.failure_reason = reason.clone();
+                            }
+                        },
+                    )
                     .await;
                 self.announce(model::types::CALL_FAILED, updated).await;
             }
@@ -276,30 +319,53 @@ impl Calls {
         }
     }
 
-    /// Moves a known call to `status` (once: a call already ended or failed is left).
+    /// Moves a call to `status` (once: a call already ended or failed is left). A call not
+    /// known (its ring not written yet, or written to another instance's memory during a
+    /// Redis outage) is recorded as over when `record_unknown`: ElevenLabs sends each post-call
+    /// event once, and a ring written later keeps the status it finds.
     pub async fn finish(
         &self,
         id: &str,
         status: CallStatus,
+        record_unknown: bool,
         also: impl Fn(&mut Call),
     ) -> Option<Call> {
+        let instance = self.bus.instance_id();
         let updated = self
             .book
             .update(id, |current| {
-                Ok::<_, std::convert::Infallible>(match current {
-                    Some(mut call) if call.status == CallStatus::Active => {
-                        let now = Utc::now();
-                        call.status = status;
-                        call.ended_at = Some(now);
-                        call.updated_at = now;
-                        also(&mut call);
-                        Step::Write(call)
+                let now = Utc::now();
+                let mut call = match current {
+                    Some(call) if call.status == CallStatus::Active => call,
+                    Some(_) => return Ok::<_, std::convert::Infallible>(Step::Leave),
+                    None if record_unknown => Ring {
+                        call_id: id.to_string(),
+                        organization_id: None,
+                        lead_id: None,
+                        agent_id: None,
+                        caller_phone: String::new(),
+                        called_number: String::new(),
+                        conversation_id: None,
+                        answer_source: "",
+                        at: now,
                     }
-                    _ => Step::Leave,
-                })
+                    .start(instance),
+                    None => return Ok(Step::Leave),
+                };
+                call.status = status;
+                call.ended_at = Some(now);
+                call.updated_at = now;
+                also(&mut call);
+                Ok(Step::Write(call))
             })
             .await;
-        let Ok(updated) = updated;
+        let updated = match updated {
+            Ok(updated) => updated,
+            Err(e) => {
+                tracing::warn!(error = ?e, "a call's end was not recorded");
+                return None;
+            }
+        };
         if updated.written.is_some() {
             metrics::call_ended(status.as_str());
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use redis::Script;
 
-use super::model::Call;
+use super::model::{Call, CallStatus};
 use crate::cache::{Remote, RemoteError};
 
 /// How long a call command may take before the call is served from memory instead.
@@ -410,6 +410,16 @@ pub enum Step {
     Leave,
 }
 
+/// Why an update was not made.
+#[derive(Debug)]
+pub enum UpdateError<E> {
+    /// The caller's function refused the call it read.
+    Refused(E),
+    /// Redis answered, but the update could not be made there (the call kept changing, or
+    /// what is stored cannot be read): nothing was written anywhere.
+    Unavailable(CallStoreError),
+}
+
 /// What an update did.
 #[derive(Debug, Clone)]
 pub struct Updated {
@@ -444,6 +454,13 @@ impl CallBook {
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether Redis answers (its breaker is closed).
+    pub fn redis_up(&self) -> bool {
+        self.redis
+            .as_ref()
+            .is_some_and(|r| r.remote().breaker.is_closed())
     }
 
     /// How many calls wait to be written back to Redis.
@@ -485,16 +502,23 @@ impl CallBook {
         &self,
         id: &str,
         mut f: impl FnMut(Option<Call>) -> Result<Step, E>,
-    ) -> Result<Updated, E> {
+    ) -> Result<Updated, UpdateError<E>> {
         let mut last_read = None;
         if let Some(redis) = &self.redis {
             match self.update_redis(redis, id, &mut f, &mut last_read).await {
                 Ok(Ok(updated)) => return Ok(updated),
-                Ok(Err(refused)) => return Err(refused),
-                Err(e) => tracing::debug!(error = %e, "updating a call in memory: redis failed"),
+                Ok(Err(refused)) => return Err(UpdateError::Refused(refused)),
+                // Redis is not there: the call is kept here until it returns.
+                Err(CallStoreError::Remote(e)) => {
+                    tracing::debug!(error = %e, "updating a call in memory: redis failed")
+                }
+                Err(e) => return Err(UpdateError::Unavailable(e)),
             }
         }
-        let (before, step) = self.memory.update(id, last_read, &mut f)?;
+        let (before, step) = self
+            .memory
+            .update(id, last_read, &mut f)
+            .map_err(UpdateError::Refused)?;
         let written = match step {
             Step::Write(call) => {
                 if self.redis.is_some() {
@@ -617,10 +641,13 @@ impl CallBook {
             let mut attempts = 0;
             loop {
                 let theirs = redis.get(&id).await?;
-                if theirs
-                    .as_ref()
-                    .is_some_and(|t| t.call.updated_at >= mine.call.updated_at)
-                {
+                // The newest wins, except that a call Redis holds as over is never made
+                // active again by a copy from before it ended.
+                if theirs.as_ref().is_some_and(|t| {
+                    t.call.updated_at >= mine.call.updated_at
+                        || (t.call.status != CallStatus::Active
+                            && mine.call.status == CallStatus::Active)
+                }) {
                     break;
                 }
                 if redis

@@ -29,6 +29,7 @@ use super::{ApiError, AppState, Result};
 use crate::calls::model::{valid_call_id, valid_custom_type, STATE_MAX_BYTES};
 use crate::calls::{
     Backend, Bus, BusEvent, CallStatus, Calls, Control, Event, EventId, Filter, Scope, Step,
+    UpdateError,
 };
 use crate::monitoring::metrics;
 use crate::monitoring::stream::{KEEP_ALIVE, RETRY};
@@ -38,6 +39,9 @@ const LIST_MAX: usize = 1000;
 const LIST_DEFAULT: usize = 50;
 /// Events queued for one SSE client; a client further behind is disconnected.
 const CLIENT_BUFFER: usize = 256;
+/// How deep `state` and `data` may nest: the events that carry them nest deeper still, and
+/// must stay within what a JSON parser takes.
+const STATE_MAX_DEPTH: usize = 32;
 /// How long a client may take to accept its replay before it is disconnected.
 const REPLAY_SEND_AT_MOST: Duration = Duration::from_secs(10);
 
@@ -70,6 +74,18 @@ fn call_id(raw: PathParam) -> Result<String> {
         Ok(id)
     } else {
         Err(ApiError::NotFound)
+    }
+}
+
+/// A call this instance cannot find: 404, unless Redis holds the calls and is down, when the
+/// call may well exist (503: try again).
+fn not_found(calls: &Calls) -> ApiError {
+    if calls.book().shared() && !calls.book().redis_up() {
+        ApiError::Unavailable(
+            "Redis is unreachable and this instance does not hold the call; try again".into(),
+        )
+    } else {
+        ApiError::NotFound
     }
 }
 
@@ -155,7 +171,7 @@ async fn get_call(_: Admin, State(state): State<AppState>, id: PathParam) -> Res
     let calls = calls(&state)?;
     let id = call_id(id)?;
     let (call, backend) = calls.book().get(&id).await;
-    let call = call.ok_or(ApiError::NotFound)?;
+    let call = call.ok_or_else(|| not_found(calls))?;
     Ok(with_backend(backend, Json(call)))
 }
 
@@ -218,8 +234,21 @@ fn check_free_json(name: &str, value: &Value) -> Result<()> {
             _ => false,
         }
     }
+    fn depth(v: &Value) -> usize {
+        match v {
+            Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+            Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
     if has_nul(value) {
         return Err(ApiError::invalid(name, "must not contain NUL characters"));
+    }
+    if depth(value) > STATE_MAX_DEPTH {
+        return Err(ApiError::invalid(
+            name,
+            format_args!("must not nest deeper than {STATE_MAX_DEPTH} levels"),
+        ));
     }
     let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
     if size > STATE_MAX_BYTES {
@@ -278,8 +307,13 @@ async fn patch_call(
         .await;
     let updated = match updated {
         Ok(u) => u,
-        Err(Refused::NotFound) => return Err(ApiError::NotFound),
-        Err(Refused::Invalid(e)) => return Err(e),
+        Err(UpdateError::Refused(Refused::NotFound)) => return Err(not_found(calls)),
+        Err(UpdateError::Refused(Refused::Invalid(e))) => return Err(e),
+        Err(UpdateError::Unavailable(e)) => {
+            return Err(ApiError::Unavailable(format!(
+                "the call was not updated ({e})"
+            )))
+        }
     };
     let call = match (updated.written, updated.before) {
         (Some(written), before) => {
@@ -332,7 +366,7 @@ async fn post_event(
     };
     let (call, backend) = calls.book().get(&id).await;
     if call.is_none() {
-        return Err(ApiError::NotFound);
+        return Err(not_found(calls));
     }
     let event = state
         .bus
@@ -346,13 +380,14 @@ async fn list_events(_: Admin, State(state): State<AppState>, id: PathParam) -> 
     let id = call_id(id)?;
     let (call, backend) = calls.book().get(&id).await;
     if call.is_none() {
-        return Err(ApiError::NotFound);
+        return Err(not_found(calls));
     }
     let events = state
         .bus
         .replay(&Scope::Call(id), None, state.bus.per_call_max())
-        .await;
-    let items: Vec<Event> = events.iter().map(|e| e.event()).collect();
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the call's events cannot be read ({e})")))?;
+    let items: Vec<Event> = events.iter().filter_map(|e| e.event()).collect();
     Ok(with_backend(backend, Json(json!({"items": items}))))
 }
 
@@ -382,7 +417,7 @@ async fn call_stream(
     let after = last_event_id(&headers)?;
     let (call, _) = calls.book().get(&id).await;
     if call.is_none() {
-        return Err(ApiError::NotFound);
+        return Err(not_found(calls));
     }
     Ok(stream_events(
         &state,
@@ -478,16 +513,28 @@ impl Client {
                 Scope::All => self.bus.per_call_max() * crate::calls::bus::GLOBAL_FACTOR,
                 Scope::Call(_) => self.bus.per_call_max(),
             };
-            for event in self.bus.replay(&self.scope, Some(after), limit).await {
+            let missed = match self.bus.replay(&self.scope, Some(after), limit).await {
+                Ok(missed) => missed,
+                Err(e) => {
+                    // Ending the stream is honest: the client reconnects with the same id,
+                    // and gets what it missed once the events can be read.
+                    tracing::warn!(error = %e, "event replay failed; the stream ends");
+                    return;
+                }
+            };
+            for event in missed {
                 if last.is_some_and(|l| event.id <= l) {
                     continue;
                 }
-                match tokio::time::timeout(REPLAY_SEND_AT_MOST, self.tx.send(self.frame(&event)))
-                    .await
-                {
-                    Ok(Ok(())) => last = Some(event.id),
-                    Ok(Err(_)) => return,
-                    Err(_) => return self.drop_slow(),
+                let frame = self.frame(&event);
+                let sent = tokio::time::timeout(REPLAY_SEND_AT_MOST, self.tx.send(frame));
+                tokio::select! {
+                    sent = sent => match sent {
+                        Ok(Ok(())) => last = Some(event.id),
+                        Ok(Err(_)) => return,
+                        Err(_) => return self.drop_slow(),
+                    },
+                    _ = self.shutdown.changed() => return,
                 }
             }
         }

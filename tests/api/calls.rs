@@ -210,6 +210,16 @@ async fn post_call_events_end_or_fail_the_call() {
     let failed = call_when(&b, "CA-FAIL", |c| c["status"] == "failed").await;
     assert_eq!(failed["failure_reason"], "busy");
 
+    // A failure for a call whose ring is not written (yet): recorded as failed, and a ring
+    // that comes after it does not make it active again.
+    let failure = failure.replace("CA-FAIL", "CA-EARLY");
+    let r = a.post_call_signed(&failure, ELEVENLABS_SECRET, 0).await;
+    assert_eq!(r.status(), 200);
+    call_when(&b, "CA-EARLY", |c| c["status"] == "failed").await;
+    ring(&a, "CA-EARLY").await;
+    let early = call_when(&a, "CA-EARLY", |c| c["called_number"] == ORG_PHONE).await;
+    assert_eq!(early["status"], "failed");
+
     // Unsigned, nothing changes.
     ring(&a, "CA-KEEP").await;
     call_when(&a, "CA-KEEP", |_| true).await;
@@ -222,7 +232,8 @@ async fn post_call_events_end_or_fail_the_call() {
 
     let metrics = a.metrics_text().await;
     assert!(
-        metrics.contains("hotline_calls_ended_total{status=\"failed\"} 1"),
+        // CA-FAIL and CA-EARLY.
+        metrics.contains("hotline_calls_ended_total{status=\"failed\"} 2"),
         "{metrics}"
     );
 }
@@ -569,6 +580,8 @@ async fn calls_made_while_redis_is_down_are_served_and_written_back() {
         .patch_admin("/api/calls/CA-DOWN0", &json!({"state": {"offline": true}}))
         .await;
     assert_eq!(r.status(), 200);
+    // A call this instance does not hold may exist in Redis: not 404, but 503.
+    assert_error(a.get_admin("/api/calls/CA-UP").await, 503).await;
 
     redis.restart().await;
     // Back in Redis, where an instance that never saw them finds them.
@@ -718,6 +731,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         (json!({"status": "failed"}), 422),
         (json!({"ended": true}), 422),
         (json!({"state": {"ok": 1}, "extra": 1}), 422),
+        (json!({"state": nested(40)}), 422),
     ];
     for (body, status) in patches {
         let r = a.patch_admin("/api/calls/CA-BAD", &body).await;
@@ -842,4 +856,9 @@ async fn alerts_travel_on_the_bus() {
         resolved["data"]["alert"]["name"], "redis_down",
         "{resolved}"
     );
+}
+
+/// An object nested `depth` levels deep.
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(json!(1), |inner, _| json!({"x": inner}))
 }
