@@ -382,7 +382,8 @@ pub struct ServeArgs {
 /// Calls from ring to hang-up, and this instance's name on the event bus.
 #[derive(Debug, Clone, Args)]
 pub struct CallArgs {
-    /// `false`: no call is created, and `/api/calls*` and `/api/events` answer 503.
+    /// `false`: no call is created, and `/api/calls*` answers 503 (the event bus still carries
+    /// alerts, instances and admin messages).
     #[arg(long, env = "CALLS_ENABLED", default_value = "true", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub calls_enabled: bool,
     /// How long a call (and its events) is kept after its last change, in seconds.
