@@ -28,10 +28,14 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// Beats missed before an instance is gone.
 pub const MISSED_BEATS: u32 = 3;
 
-/// KEYS: the live set, this instance's record. ARGV: this instance's id, its record, now (ms),
-/// the record's TTL (ms), the cut-off (ms): beats older are lost. Returns whether this beat
+/// KEYS: the live set, this instance's record, its "left" mark. ARGV: this instance's id, its record, now (ms),
+/// the record's TTL (ms), the cut-off (ms): beats older are lost, this process's incarnation
+/// (a restart under the same id is another one, and beats). Returns whether this beat
 /// added the instance to the set, and the ids this call removed.
 const BEAT_LUA: &str = r"
+if redis.call('GET', KEYS[3]) == ARGV[6] then
+  return {0, {}}
+end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 local joined = redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[5])
@@ -77,6 +81,10 @@ pub struct Instances {
     started_at: DateTime<Utc>,
     interval: Duration,
     draining: AtomicBool,
+    /// Set once this instance has left: no beat may bring it back.
+    left: AtomicBool,
+    /// Tells this process from a later one under the same `INSTANCE_ID`.
+    incarnation: String,
     probe: StateProbe,
     beat: Script,
     /// Instances this one found lost, and when: the `instance_lost` alert holds while any is
@@ -99,6 +107,8 @@ impl Instances {
             started_at: Utc::now(),
             interval,
             draining: AtomicBool::new(false),
+            left: AtomicBool::new(false),
+            incarnation: uuid::Uuid::new_v4().to_string(),
             probe,
             beat: Script::new(BEAT_LUA),
             lost: Mutex::new(HashMap::new()),
@@ -128,6 +138,11 @@ impl Instances {
 
     fn record_key(remote: &Remote, id: &str) -> String {
         remote.key(&format!("{{instances}}:record:{id}"))
+    }
+
+    /// Set by a graceful stop: a beat still on its way must not bring the instance back.
+    fn left_key(remote: &Remote, id: &str) -> String {
+        remote.key(&format!("{{instances}}:left:{id}"))
     }
 
     /// This instance's record as of now.
@@ -215,6 +230,9 @@ impl Instances {
         let Some(remote) = &self.remote else {
             return Ok(());
         };
+        if self.left.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let record = serde_json::to_string(&self.own_record()).expect("a record serialises");
         let now = now_ms();
         let gone_after = self.gone_after().as_millis() as i64;
@@ -222,11 +240,13 @@ impl Instances {
         invocation
             .key(Self::live_key(remote))
             .key(Self::record_key(remote, self.id()))
+            .key(Self::left_key(remote, self.id()))
             .arg(self.id())
             .arg(record)
             .arg(now)
             .arg(gone_after)
-            .arg(now - gone_after);
+            .arg(now - gone_after)
+            .arg(&self.incarnation);
         let mut conn = remote.connection();
         let (joined, lost): (i64, Vec<String>) = remote
             .run_within(REDIS_TIMEOUT, invocation.invoke_async(&mut conn))
@@ -281,11 +301,19 @@ impl Instances {
 
     /// A graceful stop: gone from the list at once, and `instance.left` published.
     pub async fn leave(&self) {
+        self.left.store(true, Ordering::Release);
         if let Some(remote) = &self.remote {
             let mut conn = remote.connection();
             let mut pipe = redis::pipe();
-            pipe.zrem(Self::live_key(remote), self.id())
-                .del(Self::record_key(remote, self.id()));
+            let mark_for = (self.gone_after().as_millis() as u64).max(1000);
+            pipe.set_options(
+                Self::left_key(remote, self.id()),
+                &self.incarnation,
+                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(mark_for)),
+            )
+            .ignore()
+            .zrem(Self::live_key(remote), self.id())
+            .del(Self::record_key(remote, self.id()));
             let left: Result<(i64, i64), _> = remote
                 .run_within(REDIS_TIMEOUT, pipe.query_async(&mut conn))
                 .await;

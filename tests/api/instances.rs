@@ -137,6 +137,12 @@ async fn instances_see_each_other_and_a_graceful_stop_leaves_at_once() {
         .await
         .expect("instance.left");
     assert_eq!(left.json()["data"]["instance_id"], "c");
+    // Left for good: no beat brings it back, and nobody finds it lost.
+    assert!(on_a
+        .next_named("instance.lost", Instant::now() + Duration::from_secs(4))
+        .await
+        .is_none());
+    assert_eq!(live_ids(&b).await, ["a", "b"]);
 }
 
 #[tokio::test]
