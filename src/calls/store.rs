@@ -51,6 +51,8 @@ pub trait CallStore: Send + Sync {
     async fn put(&self, call: &Call, expected: Option<u64>) -> Result<Option<u64>, CallStoreError>;
     /// Every call kept, in no order.
     async fn all(&self) -> Result<Vec<Call>, CallStoreError>;
+    /// How many calls are active, and how many started in the last minute.
+    async fn counts(&self) -> Result<(i64, i64), CallStoreError>;
     /// The call that recorded `conversation_id`, if one did.
     async fn by_conversation(
         &self,
@@ -188,6 +190,17 @@ impl CallStore for MemoryCalls {
         Ok(calls.values().map(|k| k.stored.call.clone()).collect())
     }
 
+    async fn counts(&self) -> Result<(i64, i64), CallStoreError> {
+        let calls = self.all().await?;
+        let minute_ago = chrono::Utc::now() - chrono::Duration::seconds(60);
+        let active = calls
+            .iter()
+            .filter(|c| c.status == CallStatus::Active)
+            .count();
+        let recent = calls.iter().filter(|c| c.started_at > minute_ago).count();
+        Ok((active as i64, recent as i64))
+    }
+
     async fn by_conversation(
         &self,
         conversation_id: &str,
@@ -205,10 +218,14 @@ impl CallStore for MemoryCalls {
 
 // Redis
 
-/// KEYS: the call's hash, the index, the conversation link. ARGV: the expected revision (`''`
-/// for none), the call's JSON, the TTL in ms, the index score (start, unix ms), the call id,
-/// whether to link the conversation (`1`). Returns the new revision, or -1 when the call's
+/// KEYS: the call's hash, the index, the conversation link, the active set, the started set.
+/// ARGV: the expected revision (`''` for none), the call's JSON, the TTL in ms, when the call
+/// expires (unix ms), the call id, whether to link the conversation (`1`), whether the call is
+/// active (`1`), when it started (unix ms). Returns the new revision, or -1 when the call's
 /// revision was not the expected one.
+///
+/// The index and the active set are scored by expiry, so that what has expired leaves them
+/// with one `ZREMRANGEBYSCORE`; the started set by start, for the calls of the last minute.
 const PUT_LUA: &str = r"
 local rev = redis.call('HGET', KEYS[1], 'rev')
 if ARGV[1] == '' then
@@ -222,6 +239,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 if ARGV[6] == '1' then
   redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[3])
+end
+if ARGV[7] == '1' then
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
+else
+  redis.call('ZREM', KEYS[4], ARGV[5])
+end
+if n == 1 then
+  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[5])
 end
 return n
 ";
@@ -253,6 +278,14 @@ impl RedisCalls {
 
     fn index_key(&self) -> String {
         self.remote.key("{calls}:index")
+    }
+
+    fn active_key(&self) -> String {
+        self.remote.key("{calls}:active")
+    }
+
+    fn started_key(&self) -> String {
+        self.remote.key("{calls}:started")
     }
 
     fn conversation_key(&self, conversation_id: &str) -> String {
@@ -299,12 +332,20 @@ impl CallStore for RedisCalls {
             .key(self.call_key(&call.call_id))
             .key(self.index_key())
             .key(self.conversation_key(conversation.unwrap_or("")))
+            .key(self.active_key())
+            .key(self.started_key())
             .arg(expected.map(|r| r.to_string()).unwrap_or_default())
             .arg(json)
             .arg(self.ttl.as_millis() as u64)
-            .arg(call.started_at.timestamp_millis())
+            .arg(crate::cache::now_ms() + self.ttl.as_millis() as i64)
             .arg(&call.call_id)
-            .arg(if conversation.is_some() { "1" } else { "0" });
+            .arg(if conversation.is_some() { "1" } else { "0" })
+            .arg(if call.status == CallStatus::Active {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(call.started_at.timestamp_millis());
         let rev: i64 = self
             .remote
             .run_within(REDIS_TIMEOUT, invocation.invoke_async(&mut conn))
@@ -315,6 +356,17 @@ impl CallStore for RedisCalls {
     async fn all(&self) -> Result<Vec<Call>, CallStoreError> {
         let mut conn = self.remote.connection();
         let index = self.index_key();
+        let _: Result<i64, _> = self
+            .remote
+            .run_within(
+                REDIS_TIMEOUT,
+                redis::cmd("ZREMRANGEBYSCORE")
+                    .arg(&index)
+                    .arg("-inf")
+                    .arg(crate::cache::now_ms())
+                    .query_async(&mut conn),
+            )
+            .await;
         let ids: Vec<String> = self
             .remote
             .run_within(
@@ -361,6 +413,28 @@ impl CallStore for RedisCalls {
                 .await;
         }
         Ok(calls)
+    }
+
+    async fn counts(&self) -> Result<(i64, i64), CallStoreError> {
+        let now = crate::cache::now_ms();
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(self.active_key())
+            .arg("-inf")
+            .arg(now)
+            .ignore()
+            .zcard(self.active_key())
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.started_key())
+            .arg("-inf")
+            .arg(now - 60_000)
+            .ignore()
+            .zcard(self.started_key());
+        let mut conn = self.remote.connection();
+        Ok(self
+            .remote
+            .run_within(REDIS_TIMEOUT, pipe.query_async(&mut conn))
+            .await?)
     }
 
     async fn by_conversation(
@@ -605,6 +679,18 @@ impl CallBook {
             }
         }
         (memory.into_values().collect(), Backend::Memory)
+    }
+
+    /// How many calls are active (on every instance, while Redis answers) and how many started
+    /// in the last minute.
+    pub async fn counts(&self) -> (i64, i64) {
+        if let Some(redis) = &self.redis {
+            match redis.counts().await {
+                Ok(counts) => return counts,
+                Err(e) => tracing::debug!(error = %e, "counting calls in memory: redis failed"),
+            }
+        }
+        self.memory.counts().await.unwrap_or_default()
     }
 
     /// The call that recorded `conversation_id`.

@@ -355,6 +355,25 @@ async fn calls_are_listed_and_counted_across_instances() {
     assert_eq!(org_active["count"], 2);
     assert_eq!(org_active["items"].as_array().unwrap().len(), 1);
     assert_eq!(list(&a, &format!("?lead_id={lead_id}")).await["count"], 3);
+
+    // Every instance counts the calls of all of them (every few seconds).
+    for app in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                let r = app
+                    .client
+                    .get(app.url("/api/monitoring/metrics"))
+                    .send()
+                    .await
+                    .unwrap();
+                let m: Value = r.json().await.unwrap();
+                m["calls"] == json!({"active": 5, "started_last_minute": 6})
+                    && app.metrics_text().await.contains("hotline_calls_active 5")
+            })
+            .await,
+            "five active calls, six started in the last minute"
+        );
+    }
     assert_eq!(
         list(&a, &format!("?organization_id={other_id}&status=ended")).await["count"],
         0
