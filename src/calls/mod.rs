@@ -236,7 +236,7 @@ impl Calls {
             Work::Ring(ring) => {
                 let updated = self
                     .book
-                    .update(&ring.call_id, |current| {
+                    .create_or_update(ring.start(&instance), |current| {
                         Ok::<_, std::convert::Infallible>(Step::Write(match current {
                             None => ring.start(&instance),
                             Some(mut call) => {

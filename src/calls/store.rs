@@ -650,6 +650,25 @@ impl CallBook {
         Err(CallStoreError::Contended)
     }
 
+    /// Creates `call` if no call has its id (one round trip: the usual case of a ring), else
+    /// updates the one there with `f`.
+    pub async fn create_or_update(
+        &self,
+        call: Call,
+        f: impl FnMut(Option<Call>) -> Result<Step, std::convert::Infallible>,
+    ) -> Result<Updated, UpdateError<std::convert::Infallible>> {
+        if let Some(redis) = self.redis.as_ref().filter(|_| self.pending_count() == 0) {
+            if let Ok(Some(_)) = redis.put(&call, None).await {
+                return Ok(Updated {
+                    before: None,
+                    written: Some(call),
+                    backend: Backend::Redis,
+                });
+            }
+        }
+        self.update(&call.call_id.clone(), f).await
+    }
+
     /// Every call kept (on every instance, while Redis answers), and who answered.
     pub async fn all(&self) -> (Vec<Call>, Backend) {
         let mut memory: HashMap<String, Call> = self
