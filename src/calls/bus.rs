@@ -14,7 +14,9 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use bytes::Bytes;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -66,6 +68,8 @@ pub struct BusEvent {
     pub at: DateTime<Utc>,
     pub full: Arc<str>,
     pub public: Arc<str>,
+    /// The SSE frames of the two forms, rendered once for every client that sends them.
+    frames: [OnceLock<Bytes>; 2],
 }
 
 impl BusEvent {
@@ -86,6 +90,7 @@ impl BusEvent {
             at: event.at,
             full,
             public,
+            frames: Default::default(),
         })
     }
 
@@ -108,7 +113,23 @@ impl BusEvent {
             at: event.at,
             full,
             public,
+            frames: Default::default(),
         })
+    }
+
+    /// The event as an SSE frame (`event:` its type, `id:` its id, `data:` its full or public
+    /// JSON), rendered the first time a client asks and shared by every other.
+    pub fn frame(&self, public: bool) -> Bytes {
+        self.frames[usize::from(public)]
+            .get_or_init(|| {
+                let json = if public { &self.public } else { &self.full };
+                // Compact JSON has no line breaks: one `data:` line carries it whole.
+                Bytes::from(format!(
+                    "event: {}\nid: {}\ndata: {json}\n\n",
+                    self.kind, self.id
+                ))
+            })
+            .clone()
     }
 
     /// The event itself (`None` only if its JSON was not the bus's own).

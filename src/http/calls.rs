@@ -11,8 +11,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -467,12 +466,26 @@ fn stream_events(
         shutdown: state.monitor.shutdown_signal(),
     };
     tokio::spawn(client.pump(after, live));
-    let hello = stream::once(async { Ok(SseEvent::default().retry(RETRY).comment("hotline")) });
-    let events = stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
-    });
-    Sse::new(hello.chain(events))
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    // Frames are rendered once per event for every client (see `BusEvent::frame`): the body
+    // is those bytes, with a retry hint first and a comment line when the stream is idle.
+    let hello = Bytes::from(format!("retry: {}\n: hotline\n\n", RETRY.as_millis()));
+    let idle = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    let body = stream::once(async move { Ok::<_, Infallible>(hello) }).chain(stream::unfold(
+        (rx, idle),
+        |(mut rx, mut idle)| async move {
+            tokio::select! {
+                frame = rx.recv() => frame.map(|f| (Ok(f), (rx, idle))),
+                _ = idle.tick() => Some((Ok(Bytes::from_static(b":\n\n")), (rx, idle))),
+            }
+        },
+    ));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
         .into_response()
 }
 
@@ -480,18 +493,15 @@ fn stream_events(
 struct Client {
     bus: Arc<Bus>,
     scope: Scope,
-    tx: mpsc::Sender<SseEvent>,
+    tx: mpsc::Sender<Bytes>,
     close: Option<CloseConnection>,
     label: &'static str,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Client {
-    fn frame(&self, event: &BusEvent) -> SseEvent {
-        SseEvent::default()
-            .event(&event.kind)
-            .id(event.id.to_string())
-            .data(self.scope.json(event))
+    fn frame(&self, event: &BusEvent) -> Bytes {
+        event.frame(matches!(self.scope, Scope::All))
     }
 
     fn drop_slow(&self) {
