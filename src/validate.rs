@@ -3,7 +3,8 @@
 //! Each check makes real requests (every one bounded by a timeout, so validate never hangs) and
 //! yields a [`Check`]. The read-through, invalidation and latency checks work in a dedicated
 //! test organization with one lead, both created here and always deleted at the end, also when a
-//! check failed; a failed cleanup is reported as a failed check of its own.
+//! check failed; a failed cleanup is reported as a failed check of its own. A check that needs
+//! something not given (the admin token for `admin_ping`) is skipped, which is not a failure.
 
 use std::time::{Duration, Instant};
 
@@ -47,10 +48,15 @@ const FAMILIES: [&str; 9] = [
 
 const INITIATION_PATH: &str = "/webhooks/elevenlabs/conversation-initiation";
 
+/// How long `admin_ping` waits for the instance to ack its ping.
+const ACK_WITHIN: Duration = Duration::from_secs(5);
+
 /// The names of the checks, in the order they run.
-pub const CHECKS: [&str; 8] = [
+pub const CHECKS: [&str; 10] = [
     "health",
     "redis",
+    "instances",
+    "admin_ping",
     "webhook_contract",
     "read_through",
     "invalidation",
@@ -90,7 +96,10 @@ impl ValidateOptions {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Check {
     pub name: String,
+    /// `true` for a skipped check too: skipping is not failing.
     pub passed: bool,
+    /// The check did not run: what it needs was not given (the detail says what).
+    pub skipped: bool,
     pub figure: String,
     pub detail: String,
 }
@@ -100,6 +109,7 @@ impl Check {
         Check {
             name: name.into(),
             passed: true,
+            skipped: false,
             figure: figure.into(),
             detail: detail.into(),
         }
@@ -109,8 +119,19 @@ impl Check {
         Check {
             name: name.into(),
             passed: false,
+            skipped: false,
             figure: figure.into(),
             detail: detail.into(),
+        }
+    }
+
+    fn skip(name: &str, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            passed: true,
+            skipped: true,
+            figure: String::new(),
+            detail: format!("skipped: {}", detail.into()),
         }
     }
 }
@@ -137,6 +158,14 @@ impl Report {
             .collect()
     }
 
+    pub fn skipped(&self) -> Vec<&str> {
+        self.checks
+            .iter()
+            .filter(|c| c.skipped)
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
     pub fn check(&self, name: &str) -> Option<&Check> {
         self.checks.iter().find(|c| c.name == name)
     }
@@ -157,7 +186,13 @@ impl Report {
             out.push_str(
                 format!(
                     "{}  {:name_w$}  {:fig_w$}  {}",
-                    if c.passed { "PASS" } else { "FAIL" },
+                    if c.skipped {
+                        "SKIP"
+                    } else if c.passed {
+                        "PASS"
+                    } else {
+                        "FAIL"
+                    },
                     c.name,
                     figure,
                     c.detail
@@ -173,12 +208,18 @@ impl Report {
 
     pub fn summary(&self) -> String {
         let failed = self.failed();
-        let passed = self.checks.len() - failed.len();
+        let skipped = self.skipped().len();
+        let passed = self.checks.len() - failed.len() - skipped;
+        let skipped = if skipped == 0 {
+            String::new()
+        } else {
+            format!(" {skipped} skipped,")
+        };
         if failed.is_empty() {
-            format!("validate: {passed} passed, 0 failed")
+            format!("validate: {passed} passed,{skipped} 0 failed")
         } else {
             format!(
-                "validate: {passed} passed, {} failed (failed: {})",
+                "validate: {passed} passed,{skipped} {} failed (failed: {})",
                 failed.len(),
                 failed.join(", ")
             )
@@ -218,6 +259,9 @@ pub async fn run(opts: &ValidateOptions) -> Report {
     }
     checks.push(v.health().await);
     checks.push(v.redis().await);
+    let (instances, own_id) = v.instances().await;
+    checks.push(instances);
+    checks.push(v.admin_ping(own_id.as_deref()).await);
     checks.push(v.webhook_contract().await);
 
     // The checks that need the test organization, with cleanup always run afterwards.
@@ -453,6 +497,167 @@ impl Validator<'_> {
             figure,
             format!("connected, circuit closed, Redis {version}"),
         )
+    }
+
+    /// The instance appears in its own live list. Returns the check and the instance's id
+    /// (for `admin_ping`).
+    async fn instances(&self) -> (Check, Option<String>) {
+        const N: &str = "instances";
+        const PATH: &str = "/api/monitoring/instances";
+        let (status, body) = match self.get_json(PATH).await {
+            Ok(x) => x,
+            Err(e) => return (Check::fail(N, "", e), None),
+        };
+        if status != StatusCode::OK {
+            return (
+                Check::fail(N, "", format!("GET {PATH}: HTTP {}", status.as_u16())),
+                None,
+            );
+        }
+        let Some(me) = body["self"].as_str().map(str::to_string) else {
+            return (
+                Check::fail(N, "", format!("GET {PATH}: no `self` in the answer")),
+                None,
+            );
+        };
+        let Some(list) = body["instances"].as_array() else {
+            return (
+                Check::fail(N, "", format!("GET {PATH}: no `instances` list")),
+                Some(me),
+            );
+        };
+        let ids: Vec<&str> = list
+            .iter()
+            .filter_map(|i| i["instance_id"].as_str())
+            .collect();
+        let figure = format!("{} live", ids.len());
+        let Some(own) = list.iter().find(|i| i["instance_id"] == me.as_str()) else {
+            let detail = format!(
+                "`{me}` is not in its own instance list ({})",
+                if ids.is_empty() {
+                    "empty".to_string()
+                } else {
+                    ids.join(", ")
+                }
+            );
+            return (Check::fail(N, figure, detail), Some(me));
+        };
+        let mut detail = if body["shared"].as_bool() == Some(false) {
+            format!("`{me}` listed, alone: Redis is absent or down, so the others are not known")
+        } else {
+            format!("`{me}` listed among {} live", ids.len())
+        };
+        if own["draining"].as_bool() == Some(true) {
+            detail.push_str("; it is draining (its /healthz answers 503 until `resume`)");
+        }
+        (Check::pass(N, figure, detail), Some(me))
+    }
+
+    /// The instance answers a `ping` admin message sent to its own id, within [`ACK_WITHIN`].
+    async fn admin_ping(&self, me: Option<&str>) -> Check {
+        const N: &str = "admin_ping";
+        const PATH: &str = "/api/admin/messages";
+        let b = match self.admin(self.client.post(self.url(PATH))) {
+            Ok(b) => b,
+            Err(e) => return Check::skip(N, e),
+        };
+        let Some(me) = me else {
+            return Check::fail(N, "", "no instance id to send to (see `instances`)");
+        };
+        let started = Instant::now();
+        let what = format!("POST {PATH}");
+        let r = match self
+            .send(&what, b.json(&json!({"to": me, "command": "ping"})))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return Check::fail(N, "", e),
+        };
+        let id = match r.status() {
+            StatusCode::ACCEPTED => match self.json_of(&what, r).await {
+                Ok(body) => match id_of(&body) {
+                    Ok(id) => id,
+                    Err(e) => return Check::fail(N, "", format!("{what}: {e}")),
+                },
+                Err(e) => return Check::fail(N, "", e),
+            },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Check::fail(
+                    N,
+                    "",
+                    format!(
+                        "{what}: HTTP {}: the admin token was refused",
+                        r.status().as_u16()
+                    ),
+                )
+            }
+            StatusCode::NOT_FOUND => {
+                return Check::fail(
+                    N,
+                    "",
+                    format!("{what}: HTTP 404: `{me}` is not a live instance to itself"),
+                )
+            }
+            s => return Check::fail(N, "", format!("{what}: HTTP {}", s.as_u16())),
+        };
+        let path = format!("{PATH}/{id}");
+        // Whether the message was read back at least once (without the ack in it).
+        let mut read_back = false;
+        let acked = tokio::time::timeout(ACK_WITHIN, async {
+            loop {
+                match self.message_ack(&path, me).await {
+                    Ok(Some(ack)) => return Ok(ack),
+                    Ok(None) => read_back = true,
+                    Err(e) => return Err(e),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        let figure = format!("{:.1} ms", ms(started.elapsed()));
+        match acked {
+            Ok(Ok(ack)) if ack["ok"] == true => {
+                let detail = ack["detail"].as_str().unwrap_or_default();
+                Check::pass(N, figure, format!("`{me}` acked ping: {detail}"))
+            }
+            Ok(Ok(ack)) => Check::fail(
+                N,
+                figure,
+                format!(
+                    "`{me}` acked ping with ok: false ({})",
+                    ack["detail"].as_str().unwrap_or("no detail")
+                ),
+            ),
+            Ok(Err(e)) => Check::fail(N, figure, e),
+            Err(_) => Check::fail(
+                N,
+                figure,
+                format!(
+                    "`{me}` did not ack ping within {} s{}",
+                    ACK_WITHIN.as_secs(),
+                    if read_back {
+                        ""
+                    } else {
+                        " (the message could not be read back in time)"
+                    }
+                ),
+            ),
+        }
+    }
+
+    /// The ack of `me` for the admin message at `path`, once there is one.
+    async fn message_ack(&self, path: &str, me: &str) -> Result<Option<Value>, String> {
+        let what = format!("GET {path}");
+        let b = self.admin(self.client.get(self.url(path)))?;
+        let r = self.send(&what, b).await?;
+        if r.status() != StatusCode::OK {
+            return Err(format!("{what}: HTTP {}", r.status().as_u16()));
+        }
+        let message = self.json_of(&what, r).await?;
+        Ok(message["acks"]
+            .get(me)
+            .filter(|ack| ack.is_object())
+            .cloned())
     }
 
     async fn webhook_contract(&self) -> Check {
@@ -1315,5 +1520,36 @@ mod tests {
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["passed"], false);
         assert_eq!(json["checks"][1]["name"], "redis");
+        assert_eq!(json["checks"][1]["skipped"], false);
+    }
+
+    #[test]
+    fn a_skipped_check_is_not_a_failure() {
+        let report = Report::from_checks(vec![
+            Check::pass("health", "1.0 ms", "healthy"),
+            Check::skip("admin_ping", "needs --admin-token (ADMIN_TOKEN)"),
+        ]);
+        assert!(report.passed);
+        assert!(report.failed().is_empty());
+        assert_eq!(report.skipped(), vec!["admin_ping"]);
+        assert_eq!(report.summary(), "validate: 1 passed, 1 skipped, 0 failed");
+        let text = report.to_text();
+        let line = text.lines().nth(1).unwrap_or_default();
+        assert!(line.starts_with("SKIP  admin_ping  -"), "{text}");
+        assert!(
+            line.ends_with("skipped: needs --admin-token (ADMIN_TOKEN)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["checks"][1]["passed"], true);
+        assert_eq!(json["checks"][1]["skipped"], true);
+        let failing = Report::from_checks(vec![
+            Check::fail("health", "", "down"),
+            Check::skip("admin_ping", "needs --admin-token (ADMIN_TOKEN)"),
+        ]);
+        assert_eq!(
+            failing.summary(),
+            "validate: 0 passed, 1 skipped, 1 failed (failed: health)"
+        );
     }
 }

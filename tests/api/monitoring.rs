@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::support::app::{spawn_app_on, TestApp};
-use crate::support::browser::Browser;
+use crate::support::browser::{Browser, Page};
 use crate::support::db::TestDb;
 use crate::support::hook::AlertHook;
 use crate::support::infra::{
@@ -1270,6 +1270,35 @@ const READ_EVENTS: &str = r##"(() => [...document.querySelectorAll("#bus-events 
   id: li.dataset.id, type: li.dataset.type, instance: li.dataset.instance, text: li.textContent,
 })))()"##;
 
+/// The dashboard's instance list: per row, the instance id, whether it is the page's own
+/// instance, whether it drains, and the cells' text.
+const READ_INSTANCES: &str = r##"(() => [...document.querySelectorAll("#instances tr[data-instance]")].map((tr) => ({
+  id: tr.dataset.instance, self: tr.dataset.self === "true", draining: tr.dataset.draining === "true",
+  cells: [...tr.cells].map((td) => td.textContent.trim()),
+})))()"##;
+
+/// The row of `id` in the dashboard's instance list, once `ready` holds for it (or the last
+/// list seen, after 10 s).
+async fn instance_row(
+    browser: &mut Browser,
+    page: &Page,
+    id: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> (Option<Value>, Value) {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = browser.eval(page, READ_INSTANCES).await;
+        let row = rows
+            .as_array()
+            .and_then(|list| list.iter().find(|r| r["id"] == id))
+            .cloned();
+        if row.as_ref().is_some_and(&ready) || Instant::now() > until {
+            return (row, rows);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The name of the instance under test in the bus event tests, as its events carry it.
 const DASHBOARD_INSTANCE: &str = "dashboard-test-1";
 
@@ -1403,6 +1432,27 @@ async fn dashboard_shows_live_numbers_in_headless_chromium() {
         "{first:#}"
     );
 
+    // The instance list names this instance, marked as the page's own and serving.
+    let (row, rows) = instance_row(&mut browser, &page, DASHBOARD_INSTANCE, |_| true).await;
+    let row =
+        row.unwrap_or_else(|| panic!("the instance list names {DASHBOARD_INSTANCE}: {rows:#}"));
+    assert_eq!(row["self"], true, "marked as this instance: {row:#}");
+    assert_eq!(row["draining"], false, "{row:#}");
+    let cells: Vec<&str> = row["cells"]
+        .as_array()
+        .expect("cells")
+        .iter()
+        .map(|c| c.as_str().unwrap_or_default())
+        .collect();
+    assert!(cells[0].starts_with(DASHBOARD_INSTANCE), "{row:#}");
+    assert_eq!(
+        cells[1],
+        format!("v{}", env!("CARGO_PKG_VERSION")),
+        "{row:#}"
+    );
+    assert_eq!(cells[2..5], ["serving", "up", "up"], "{row:#}");
+    assert!(cells[7].ends_with("ago"), "last seen: {row:#}");
+
     // And they change as the load goes on.
     let figures = |dom: &Value| -> Vec<String> {
         [
@@ -1508,6 +1558,29 @@ async fn dashboard_shows_live_numbers_in_headless_chromium() {
         "{calls:#}"
     );
     assert!(has_number(&calls, "event-count"), "{calls:#}");
+
+    // Drained, the instance is marked so within a refresh; resumed, it serves again.
+    for (command, draining) in [("drain", true), ("resume", false)] {
+        let r = app
+            .post_admin(
+                "/api/admin/messages",
+                &json!({"to": DASHBOARD_INSTANCE, "command": command}),
+            )
+            .await;
+        assert_eq!(r.status(), 202, "{command}");
+        let (row, rows) = instance_row(&mut browser, &page, DASHBOARD_INSTANCE, |r| {
+            r["draining"] == draining
+        })
+        .await;
+        let row = row.unwrap_or_else(|| panic!("{DASHBOARD_INSTANCE} is listed: {rows:#}"));
+        assert_eq!(row["draining"], draining, "after {command}: {row:#}");
+        let text = row["cells"].to_string();
+        assert_eq!(
+            text.contains("draining"),
+            draining,
+            "after {command}: {row:#}"
+        );
+    }
 
     let errors = browser.page_errors(&page).await;
     assert!(

@@ -1,7 +1,8 @@
 //! `hotline validate`, run as a library against real instances: all checks pass on a healthy
 //! instance with Redis; a wrong webhook secret fails `webhook_contract`; Redis down fails `redis`
 //! and `health`; nothing listening fails every check; the test organization is always gone
-//! afterwards.
+//! afterwards. The instance finds itself in its own list and acks a ping; without an admin token
+//! the ping is skipped, with a wrong one it fails.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,12 @@ fn options(app: &TestApp) -> ValidateOptions {
 }
 
 async fn spawn_with_redis(url: &str) -> TestApp {
-    let flags = redis_flags(url, &unique_prefix());
+    spawn_with_redis_as(url, &[]).await
+}
+
+async fn spawn_with_redis_as(url: &str, extra: &[&str]) -> TestApp {
+    let mut flags = redis_flags(url, &unique_prefix());
+    flags.extend(extra.iter().map(|s| s.to_string()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     spawn_app_on(Arc::new(TestDb::postgres().await), &flags).await
 }
@@ -63,6 +69,66 @@ async fn a_healthy_instance_passes_every_check() {
     let json = serde_json::to_value(&report).expect("json");
     assert_eq!(json["passed"], true);
     assert_eq!(json["checks"].as_array().map(Vec::len), Some(CHECKS.len()));
+}
+
+#[tokio::test]
+async fn the_instance_lists_itself_and_acks_a_ping() {
+    let app = spawn_with_redis_as(&redis_url(), &["--instance-id", "validate-self-1"]).await;
+    let report = validate::run(&options(&app)).await;
+    assert!(report.passed, "{}", report.to_text());
+    assert!(report.skipped().is_empty(), "{}", report.to_text());
+    let instances = report.check("instances").expect("instances");
+    assert!(instances.passed, "{instances:?}");
+    assert!(
+        instances.detail.contains("`validate-self-1` listed among"),
+        "{instances:?}"
+    );
+    let ping = report.check("admin_ping").expect("admin_ping");
+    assert!(ping.passed && !ping.skipped, "{ping:?}");
+    assert!(
+        ping.detail.contains("`validate-self-1` acked ping: pong"),
+        "{ping:?}"
+    );
+    assert!(ping.figure.ends_with(" ms"), "{ping:?}");
+}
+
+#[tokio::test]
+async fn without_an_admin_token_the_ping_is_skipped_not_failed() {
+    let app = spawn_with_redis(&redis_url()).await;
+    let mut opts = options(&app);
+    opts.admin_token = None;
+    let report = validate::run(&opts).await;
+    let ping = report.check("admin_ping").expect("admin_ping");
+    assert!(ping.passed && ping.skipped, "{ping:?}");
+    assert!(ping.detail.contains("--admin-token"), "{ping:?}");
+    assert_eq!(report.skipped(), vec!["admin_ping"]);
+    assert!(!report.failed().contains(&"admin_ping"));
+    assert!(report.check("instances").is_some_and(|c| c.passed));
+    assert!(
+        report.summary().contains(" 1 skipped,"),
+        "{}",
+        report.summary()
+    );
+    assert!(
+        report
+            .to_text()
+            .lines()
+            .any(|l| l.starts_with("SKIP  admin_ping")),
+        "{}",
+        report.to_text()
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_admin_token_fails_the_ping() {
+    let app = spawn_with_redis(&redis_url()).await;
+    let mut opts = options(&app);
+    opts.admin_token = Some("not-the-admin-token-0123456789abcdef".into());
+    let report = validate::run(&opts).await;
+    let ping = report.check("admin_ping").expect("admin_ping");
+    assert!(!ping.passed && !ping.skipped, "{ping:?}");
+    assert!(ping.detail.contains("HTTP 401"), "{ping:?}");
+    assert!(report.check("instances").is_some_and(|c| c.passed));
 }
 
 #[tokio::test]
@@ -111,6 +177,11 @@ async fn redis_not_configured_fails_redis_clearly() {
         "{redis:?}"
     );
     assert_eq!(report.failed(), vec!["redis"], "{}", report.to_text());
+    // Alone, the instance still lists itself and acks its own ping.
+    let instances = report.check("instances").expect("instances");
+    assert!(instances.detail.contains("alone"), "{instances:?}");
+    let ping = report.check("admin_ping").expect("admin_ping");
+    assert!(ping.detail.contains("pong"), "{ping:?}");
 }
 
 #[tokio::test]
