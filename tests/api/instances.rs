@@ -65,6 +65,13 @@ async fn send(app: &TestApp, body: Value) -> reqwest::Response {
     app.post_admin("/api/admin/messages", &body).await
 }
 
+/// The message a 202 answered, once every expected instance has acked it.
+async fn acked_after(app: &TestApp, sent: reqwest::Response) -> Value {
+    assert_eq!(sent.status(), 202);
+    let sent: Value = sent.json().await.unwrap();
+    acked(app, sent["id"].as_str().unwrap()).await
+}
+
 /// The message once every expected instance has acked it.
 async fn acked(app: &TestApp, id: &str) -> Value {
     let until = Instant::now() + WAIT;
@@ -353,7 +360,7 @@ async fn drain_fails_healthz_only_and_resume_restores_it() {
 
     let r = send(&a, json!({"to": "b", "command": "drain"})).await;
     assert_eq!(r.status(), 202);
-    acked(&a, r.json::<Value>().await.unwrap()["id"].as_str().unwrap()).await;
+    acked_after(&a, r).await;
     let r = b.client.get(b.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(
@@ -402,7 +409,7 @@ async fn drain_fails_healthz_only_and_resume_restores_it() {
     );
 
     let r = send(&a, json!({"to": "b", "command": "resume"})).await;
-    acked(&a, r.json::<Value>().await.unwrap()["id"].as_str().unwrap()).await;
+    acked_after(&a, r).await;
     assert_eq!(
         b.client
             .get(b.url("/healthz"))
@@ -431,7 +438,7 @@ async fn flush_l1_empties_tier_one() {
     );
     assert!(l1_entries(&a).await > 0);
     let r = send(&a, json!({"to": "a", "command": "flush_l1"})).await;
-    let m = acked(&a, r.json::<Value>().await.unwrap()["id"].as_str().unwrap()).await;
+    let m = acked_after(&a, r).await;
     assert_eq!(m["acks"]["a"]["ok"], true);
     assert_eq!(l1_entries(&a).await, 0);
 }
@@ -456,7 +463,7 @@ async fn log_level_changes_what_the_instance_logs() {
         json!({"to": "a", "command": "log_level", "args": {"filter": "info,hotline=debug"}}),
     )
     .await;
-    let m = acked(&a, r.json::<Value>().await.unwrap()["id"].as_str().unwrap()).await;
+    let m = acked_after(&a, r).await;
     assert_eq!(m["acks"]["a"]["ok"], true, "{m}");
     a.client.get(a.url("/healthz")).send().await.unwrap();
     assert!(
@@ -473,7 +480,7 @@ async fn log_level_changes_what_the_instance_logs() {
         json!({"to": "a", "command": "log_level", "args": {"filter": "hotline=[[nope"}}),
     )
     .await;
-    let m = acked(&a, r.json::<Value>().await.unwrap()["id"].as_str().unwrap()).await;
+    let m = acked_after(&a, r).await;
     assert_eq!(m["acks"]["a"]["ok"], false, "{m}");
     assert!(
         m["acks"]["a"]["detail"]
