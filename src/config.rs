@@ -349,14 +349,14 @@ pub struct ServeArgs {
     #[arg(long, env = "STALE_GRACE_S", default_value = "3600", value_parser = parse_seconds)]
     pub stale_grace_s: u64,
     /// In-process cache budget in MiB; 0 turns the in-process tier off.
-    #[arg(long, env = "L1_MAX_MB", default_value = "64", value_parser = parse_seconds)]
+    #[arg(long, env = "L1_MAX_MB", default_value = "64", value_parser = parse_whole)]
     pub l1_max_mb: u64,
     /// No in-process entry is served more than this long after Redis last confirmed it (without
     /// Redis: after it was loaded).
     #[arg(long, env = "L1_MAX_AGE_S", default_value = "60", value_parser = parse_seconds)]
     pub l1_max_age_s: u64,
     /// How many recently active leads are loaded into the cache at start.
-    #[arg(long, env = "WARM_LEADS", default_value = "1000", value_parser = parse_seconds)]
+    #[arg(long, env = "WARM_LEADS", default_value = "1000", value_parser = parse_whole)]
     pub warm_leads: u64,
 
     #[command(flatten)]
@@ -507,7 +507,7 @@ pub struct AlertArgs {
     pub alert_error_rate_max_pct: f64,
     #[arg(long, env = "ALERT_REDIS_DOWN_S", default_value = "30", value_parser = parse_positive)]
     pub alert_redis_down_s: u64,
-    #[arg(long, env = "ALERT_MIN_SAMPLES", default_value = "20", value_parser = parse_seconds)]
+    #[arg(long, env = "ALERT_MIN_SAMPLES", default_value = "20", value_parser = parse_whole)]
     pub alert_min_samples: u64,
     #[arg(long, env = "ALERT_HOLD_S", default_value = "10", value_parser = parse_seconds)]
     pub alert_hold_s: u64,
@@ -675,6 +675,18 @@ fn env_name_for(long: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_that_is_no_number_is_not_called_seconds() {
+        use clap::Parser;
+        for flag in ["--l1-max-mb", "--warm-leads", "--alert-min-samples"] {
+            let e = Cli::try_parse_from(["hotline", "serve", flag, "abc"])
+                .expect_err("abc is no number")
+                .to_string();
+            assert!(e.contains("not a whole number"), "{flag}: {e}");
+            assert!(!e.contains("seconds"), "{flag}: {e}");
+        }
+    }
 
     #[test]
     fn cli_is_well_formed() {

@@ -15,11 +15,20 @@ static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 /// Installs the global subscriber once, writing to stderr; later calls are no-ops (tests build
 /// many apps).
 pub fn init(format: LogFormat) {
-    init_with_writer(format, std::io::stderr);
+    use std::io::IsTerminal as _;
+    // Colour codes only where someone reads them as colours: not in a file or a collector.
+    install(format, std::io::stderr, std::io::stderr().is_terminal());
 }
 
-/// As [`init`], writing to `writer`.
+/// As [`init`], writing plain text (no colour codes) to `writer`.
 pub fn init_with_writer<W>(format: LogFormat, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    install(format, writer, false);
+}
+
+fn install<W>(format: LogFormat, writer: W, ansi: bool)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -27,7 +36,10 @@ where
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
     let (filter, handle) = reload::Layer::new(filter);
     let output = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)

@@ -119,7 +119,8 @@ pub enum TimeOfDay {
 impl TimeOfDay {
     pub fn at_hour(hour: u32) -> TimeOfDay {
         match hour {
-            5..=11 => TimeOfDay::Morning,
+            // Nobody calling at 04:58 has had their evening yet.
+            0..=11 => TimeOfDay::Morning,
             12..=16 => TimeOfDay::Afternoon,
             _ => TimeOfDay::Evening,
         }
@@ -334,6 +335,16 @@ mod tests {
     }
 
     #[test]
+    fn small_hours_are_morning() {
+        for hour in 0..12 {
+            assert_eq!(TimeOfDay::at_hour(hour), TimeOfDay::Morning, "{hour}");
+        }
+        assert_eq!(TimeOfDay::at_hour(12), TimeOfDay::Afternoon);
+        assert_eq!(TimeOfDay::at_hour(17), TimeOfDay::Evening);
+        assert_eq!(TimeOfDay::at_hour(23), TimeOfDay::Evening);
+    }
+
+    #[test]
     fn time_of_day_follows_the_organization_timezone() {
         let now = two_pm_utc();
         let g = |tz| build_greeting(Some(&org(tz, None)), None, Channel::Voice, now);
@@ -483,11 +494,11 @@ mod tests {
             next_time_of_day_change(chicago, now),
             Utc.with_ymd_and_hms(2026, 1, 15, 18, 0, 0).unwrap()
         );
-        // Evening from 17:00 to 05:00 local: 12 hours on.
+        // Evening from 17:00 to midnight local: 7 hours on.
         let evening = Utc.with_ymd_and_hms(2026, 1, 15, 23, 0, 0).unwrap();
         assert_eq!(
             next_time_of_day_change(chicago, evening),
-            Utc.with_ymd_and_hms(2026, 1, 16, 11, 0, 0).unwrap()
+            Utc.with_ymd_and_hms(2026, 1, 16, 6, 0, 0).unwrap()
         );
         // A half-hour offset: Kolkata is UTC+5:30, so its noon is 06:30 UTC.
         let kolkata: chrono_tz::Tz = "Asia/Kolkata".parse().unwrap();
@@ -496,10 +507,11 @@ mod tests {
             next_time_of_day_change(kolkata, morning),
             Utc.with_ymd_and_hms(2026, 1, 15, 6, 30, 0).unwrap()
         );
-        // Across the spring-forward night in Chicago (02:00 CST becomes 03:00 CDT).
+        // Across the spring-forward night in Chicago (02:00 CST becomes 03:00 CDT): from
+        // midnight CST, noon CDT is 17:00 UTC, eleven hours on.
         let night = Utc.with_ymd_and_hms(2026, 3, 8, 6, 0, 0).unwrap();
         let change = next_time_of_day_change(chicago, night);
-        assert_eq!(change, Utc.with_ymd_and_hms(2026, 3, 8, 10, 0, 0).unwrap());
-        assert_eq!(change.with_timezone(&chicago).hour(), 5);
+        assert_eq!(change, Utc.with_ymd_and_hms(2026, 3, 8, 17, 0, 0).unwrap());
+        assert_eq!(change.with_timezone(&chicago).hour(), 12);
     }
 }

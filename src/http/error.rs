@@ -151,7 +151,9 @@ impl IntoResponse for ApiError {
             "error": {"code": self.code(), "message": self.public_message()}
         }));
         let mut response = (status, body).into_response();
-        if status.is_server_error() {
+        // A feature this instance was not configured for is the caller's news, not an error
+        // of the service's: logged as an ordinary request.
+        if status.is_server_error() && !matches!(self, ApiError::NotConfigured(_)) {
             response
                 .extensions_mut()
                 .insert(InternalDetail(self.to_string()));

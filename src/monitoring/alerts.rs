@@ -300,6 +300,12 @@ impl AlertEngine {
                 }
             };
             if let Some(change) = change {
+                // One entry per alert: a resolution takes the place of its firing.
+                self.recent.retain(|a| {
+                    !(a.name == change.alert.name
+                        && a.fired_at == change.alert.fired_at
+                        && a.resolved_at.is_none())
+                });
                 if self.recent.len() == RECENT {
                     self.recent.pop_back();
                 }
@@ -581,10 +587,10 @@ mod tests {
             Some("2023-11-14T22:13:51.000Z")
         );
         assert!(e.active().is_empty());
+        // Listed once, resolved.
         let recent = e.recent();
-        assert_eq!(recent.len(), 2);
-        assert!(recent[0].resolved_at.is_some(), "newest first");
-        assert!(recent[1].resolved_at.is_none());
+        assert_eq!(recent.len(), 1, "{recent:?}");
+        assert!(recent[0].resolved_at.is_some());
     }
 
     #[test]

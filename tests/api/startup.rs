@@ -379,3 +379,15 @@ async fn migrate_fails_clearly_while_the_database_is_down() {
         "{stderr:?}"
     );
 }
+
+#[tokio::test]
+async fn logs_written_to_a_file_or_a_pipe_carry_no_colour_codes() {
+    let hotline = Hotline::spawn(&["migrate"], &[("DATABASE_URL", "sqlite://hotline.db")]);
+    let (code, stderr) = hotline.exited().await;
+    assert_eq!(code, Some(0), "{stderr:?}");
+    let logged: Vec<&String> = stderr.iter().filter(|l| l.contains("INFO")).collect();
+    assert!(!logged.is_empty(), "an info line: {stderr:?}");
+    for line in stderr {
+        assert!(!line.contains('\u{1b}'), "a colour code in {line:?}");
+    }
+}
