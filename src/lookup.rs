@@ -488,7 +488,7 @@ impl Lookup {
         while !liveness.all_connected() && waited.elapsed() < wait_at_most {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.warm(leads).await
+        crate::monitoring::as_background(self.warm(leads)).await
     }
 
     /// Loads the most recently active leads (their organization, phone lookups and context)

@@ -192,7 +192,10 @@ impl Monitor {
     /// A cache lookup: `result` one of `l1_hit`, `l2_hit`, `miss`, `stale`.
     pub fn record_cache(&self, kind: &str, result: &str) {
         metrics::cache_request(kind, result);
-        self.inner.window.record_cache(kind, result);
+        // The hit rate the alert watches is the callers' one.
+        if !in_background() {
+            self.inner.window.record_cache(kind, result);
+        }
     }
 
     /// A load from the store after a miss.
@@ -322,6 +325,21 @@ pub fn default_instance_id() -> String {
     use rand::Rng as _;
     let suffix: u32 = rand::rng().random();
     format!("{}-{suffix:08x}", instance_name())
+}
+
+tokio::task_local! {
+    static BACKGROUND: ();
+}
+
+/// Runs `work` as the service's own background work (warming the cache at start): its cache
+/// lookups count in Prometheus, but not in the rolling window the hit-rate alert reads, so
+/// that an instance nobody calls yet does not alert about its own warming.
+pub async fn as_background<F: std::future::Future>(work: F) -> F::Output {
+    BACKGROUND.scope((), work).await
+}
+
+fn in_background() -> bool {
+    BACKGROUND.try_with(|_| ()).is_ok()
 }
 
 fn instance_name() -> String {

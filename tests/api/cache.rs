@@ -1249,6 +1249,21 @@ async fn warming_loads_recently_active_callers_so_their_first_call_is_a_hit() {
         "warming finished in the background"
     );
     assert_eq!(warming["leads"], 1, "the one active lead was warmed");
+    // Warming's own lookups are not callers': the hit rate (and its alert) has nothing yet,
+    // while Prometheus counts them.
+    let r = app
+        .client
+        .get(app.url("/api/monitoring/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let window: Value = r.json().await.unwrap();
+    assert_eq!(window["cache"]["hit_rate_pct"], Value::Null, "{window}");
+    let text = app.metrics_text().await;
+    assert!(
+        text.contains("hotline_cache_requests_total{kind=\"lead\",result=\"miss\"} 1"),
+        "{text}"
+    );
     for method in [
         Method::OrganizationByPhone,
         Method::LeadByPhone,
