@@ -25,7 +25,7 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
-    #[error("request body is larger than {limit} bytes")]
+    #[error("The request body is larger than {limit} bytes.")]
     TooLarge { limit: usize },
     /// The body did not arrive in full within `BODY_TIMEOUT_S`.
     #[error("The request body did not arrive in time.")]

@@ -490,6 +490,14 @@ async fn initiation_bodies_over_64_kib_are_413() {
         );
     }
 
+    // Its message is a sentence, as every other error's is.
+    let r = initiate_with(&app, Some(&auth), json, padded_body(70 * 1024)).await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "The request body is larger than 65536 bytes."
+    );
+
     // The service still answers afterwards, on a fresh request.
     let (vars, _) = initiation_ok(app.initiate(&initiation_body(CALLER, ORG_PHONE)).await).await;
     assert_known(&vars, &known);
