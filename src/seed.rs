@@ -1286,10 +1286,11 @@ const BUSINESSES: &[(&str, &[&str], &[&str])] = &[
     ),
 ];
 
+/// `{first_name}` is "there" for a caller who is not a lead: every template reads well with it.
 const GREETING_TEMPLATES: &[&str] = &[
-    "{greeting}, {first_name}! Thanks for calling {organization_name}.",
-    "{greeting}, {first_name}, and welcome to {organization_name}. How can we help today?",
-    "Thanks for calling {organization_name}, {first_name}. {greeting}!",
+    "Hi {first_name}! {greeting}, and thanks for calling {organization_name}.",
+    "{greeting}, and welcome to {organization_name}! Hi {first_name}, how can we help today?",
+    "Thanks for calling {organization_name}! {greeting}. Hi {first_name}, how can I help?",
     "{greeting} from {organization_name}! Hi {first_name}, what can I do for you?",
 ];
 
@@ -1566,6 +1567,16 @@ const OUTCOMES: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_greeting_template_reads_well_for_a_withheld_caller() {
+        for template in GREETING_TEMPLATES {
+            // "there" is what `{first_name}` becomes: "Hi there", never "Good evening, there".
+            assert!(template.contains("Hi {first_name}"), "{template}");
+            assert!(!template.contains("{greeting}, {first_name}"), "{template}");
+        }
+    }
+
     use super::*;
 
     fn opts(seed: u64) -> SeedOptions {
