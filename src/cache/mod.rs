@@ -12,7 +12,7 @@ mod keys;
 mod local;
 mod mirror;
 pub mod remote;
-mod tasks;
+pub(crate) mod tasks;
 
 use std::collections::HashMap;
 use std::future::Future;

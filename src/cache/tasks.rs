@@ -84,7 +84,7 @@ impl Drop for Live<'_> {
 }
 
 /// Sleeps, or returns true early if the service is shutting down.
-async fn stopping(shutdown: &mut watch::Receiver<bool>, pause: Duration) -> bool {
+pub(crate) async fn stopping(shutdown: &mut watch::Receiver<bool>, pause: Duration) -> bool {
     if *shutdown.borrow() {
         return true;
     }

@@ -25,6 +25,7 @@ use redis::Script;
 use tokio::sync::{broadcast, watch};
 
 use super::model::{types, Event, EventId};
+use crate::cache::tasks::stopping;
 use crate::cache::{now_ms, Remote, RemoteError};
 use crate::monitoring::metrics;
 
@@ -443,17 +444,6 @@ pub fn type_label(kind: &str) -> &'static str {
         .find(|t| **t == kind)
         .copied()
         .unwrap_or("custom")
-}
-
-/// Sleeps, or returns true early if the service is shutting down.
-async fn stopping(shutdown: &mut watch::Receiver<bool>, pause: Duration) -> bool {
-    if *shutdown.borrow() {
-        return true;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(pause) => *shutdown.borrow(),
-        _ = shutdown.changed() => true,
-    }
 }
 
 /// Forwards what the global stream kept after `last`, a page at a time (at most what it
