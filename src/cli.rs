@@ -18,6 +18,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Seed(args) => seed_command(args).await,
         Command::Validate(args) => validate_command(args).await,
         Command::Bench(args) => crate::bench::run(*args).await,
+        Command::Openapi => {
+            let document = serde_json::to_string_pretty(crate::http::openapi_document())?;
+            println!("{document}");
+            Ok(())
+        }
     }
 }
 

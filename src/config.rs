@@ -33,6 +33,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Load-test a running instance (see scripts/bench.sh).
     Bench(Box<crate::bench::BenchArgs>),
+    /// Print the OpenAPI 3.1 document of the HTTP API (as `GET /api/openapi.json` serves it).
+    Openapi,
 }
 
 /// A secret from the environment: never printed by `Debug`.

@@ -19,7 +19,7 @@ pub fn valid_call_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= CALL_ID_MAX && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CallStatus {
     Active,
@@ -51,7 +51,7 @@ impl FromStr for CallStatus {
 }
 
 /// Who is speaking for us on the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Control {
     Agent,
@@ -71,7 +71,7 @@ impl FromStr for Control {
 }
 
 /// A call from ring to hang-up.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Call {
     pub call_id: String,
     pub status: CallStatus,
@@ -207,7 +207,7 @@ impl FromStr for EventId {
 }
 
 /// An event on the bus, as the contract writes it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Empty until the bus gives it one.
     #[serde(default, skip_serializing_if = "String::is_empty")]

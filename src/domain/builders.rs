@@ -15,7 +15,7 @@ pub const RECENT_CONVERSATIONS: usize = 5;
 const SUMMARY_CONVERSATIONS: usize = 3;
 
 /// One conversation as the context shows it (without the transcript).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConversationBrief {
     pub id: Uuid,
     pub channel: Channel,
@@ -37,7 +37,7 @@ impl From<&Conversation> for ConversationBrief {
 }
 
 /// Everything an agent needs to know about a lead before it speaks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LeadContext {
     pub lead: Lead,
     pub organization: Organization,

@@ -23,8 +23,9 @@ fn parsed() -> &'static Parsed {
 
 /// A phone number in E.164 form (`+16129782029`). Only constructed from a number that
 /// libphonenumber parses and finds valid, so every `Phone` in the system is comparable by string.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, pattern = r"^\+[1-9][0-9]{1,14}$", example = "+14155550123")]
 pub struct Phone(String);
 
 /// The region used for numbers written without a country code (`DEFAULT_REGION`).

@@ -5,24 +5,30 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Map, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::api::{json_body, PathParam};
 use super::auth::Admin;
+use super::openapi::{ErrorBody, InstanceList, MessageCreate, MessageSent, MessageView};
 use super::{ApiError, AppState, Result};
 use crate::admin::{SendError, COMMANDS, FILTER_MAX};
 use crate::calls::model::valid_call_id;
 use crate::monitoring::metrics;
+#[allow(unused_imports)]
+use uuid::Uuid;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/monitoring/instances", get(instances))
-        .route("/api/admin/messages", post(send_message))
-        .route("/api/admin/messages/{id}", get(get_message))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(instances))
+        .routes(routes!(send_message))
+        .routes(routes!(get_message))
 }
 
+#[utoipa::path(get, path = "/api/monitoring/instances", tag = "admin",
+    responses((status = 200, description = "Every live instance.", body = InstanceList)))]
 async fn instances(State(state): State<AppState>) -> impl IntoResponse {
     let (live, shared) = state.instances.live().await;
     metrics::instances_live(live.len());
@@ -34,6 +40,14 @@ async fn instances(State(state): State<AppState>) -> impl IntoResponse {
     }))
 }
 
+#[utoipa::path(post, path = "/api/admin/messages", tag = "admin",
+    security(("admin_token" = [])),
+    request_body = MessageCreate,
+    responses(
+        (status = 202, description = "Sent; each instance acts once and acks.", body = MessageSent),
+        (status = 404, description = "`to` names no live instance.", body = ErrorBody),
+        (status = 422, description = "A field is missing or wrong.", body = ErrorBody),
+    ))]
 async fn send_message(
     _: Admin,
     State(state): State<AppState>,
@@ -104,6 +118,13 @@ async fn send_message(
     ))
 }
 
+#[utoipa::path(get, path = "/api/admin/messages/{id}", tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The message's id.")),
+    responses(
+        (status = 200, description = "The message, its acks and who has not acked.", body = MessageView),
+        (status = 404, description = "No such message (they are kept for an hour).", body = ErrorBody),
+    ))]
 async fn get_message(
     _: Admin,
     State(state): State<AppState>,

@@ -7,45 +7,45 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::auth::Admin;
 use super::input::{Body, Field};
 use super::limits::BodyError;
+use super::openapi::{
+    ConversationCreate, ConversationPage, ErrorBody, LeadContextView, LeadCreate, LeadGreeting,
+    LeadSummary, LeadUpdate, OrganizationCreate, OrganizationUpdate,
+};
 use super::{ApiError, AppState, Result};
 use crate::domain::{
     Channel, LeadPatch, LeadStatus, NewConversation, NewLead, NewOrganization, OrganizationPatch,
     Phone, LONG_TEXT_MAX, SHORT_TEXT_MAX,
 };
+#[allow(unused_imports)]
+use crate::domain::{Conversation, Lead, Organization};
 
 /// The largest page of history one request may ask for.
 const MAX_PAGE: i64 = 100;
 const DEFAULT_PAGE: i64 = 20;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/organizations", post(create_organization))
-        .route(
-            "/api/organizations/{id}",
-            get(get_organization)
-                .patch(update_organization)
-                .delete(delete_organization),
-        )
-        .route("/api/leads", post(create_lead).get(find_lead))
-        .route(
-            "/api/leads/{id}",
-            get(get_lead).patch(update_lead).delete(delete_lead),
-        )
-        .route(
-            "/api/leads/{id}/conversations",
-            post(create_conversation).get(list_conversations),
-        )
-        .route("/api/leads/{id}/context", get(lead_context))
-        .route("/api/leads/{id}/summary", get(lead_summary))
-        .route("/api/leads/{id}/greeting", get(lead_greeting))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_organization))
+        .routes(routes!(
+            get_organization,
+            update_organization,
+            delete_organization
+        ))
+        .routes(routes!(create_lead, find_lead))
+        .routes(routes!(get_lead, update_lead, delete_lead))
+        .routes(routes!(create_conversation, list_conversations))
+        .routes(routes!(lead_context))
+        .routes(routes!(lead_summary))
+        .routes(routes!(lead_greeting))
 }
 
 /// Reads a JSON object body, turning the extractor's rejections into JSON errors.
@@ -100,6 +100,14 @@ fn query_i64(q: &HashMap<String, String>, name: &str, default: i64, max: i64) ->
 
 const ORG_FIELDS: &[&str] = &["name", "phone_number", "timezone", "greeting_template"];
 
+#[utoipa::path(post, path = "/api/organizations", tag = "store",
+    security(("admin_token" = [])),
+    request_body = OrganizationCreate,
+    responses(
+        (status = 201, description = "Created.", body = Organization),
+        (status = 409, description = "Another organization has this phone number.", body = ErrorBody),
+        (status = 422, description = "A field is missing or wrong.", body = ErrorBody),
+    ))]
 async fn create_organization(
     _: Admin,
     State(state): State<AppState>,
@@ -125,6 +133,14 @@ async fn create_organization(
     Ok((StatusCode::CREATED, Json(org)))
 }
 
+#[utoipa::path(get, path = "/api/organizations/{id}", tag = "store",
+    security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The organization's id.")),
+    responses(
+        (status = 200, description = "The organization (read through the cache).", body = Organization),
+        (status = 404, description = "No such organization.", body = ErrorBody),
+        (status = 503, description = "The database is down and nothing is cached.", body = ErrorBody),
+    ))]
 async fn get_organization(
     _: Admin,
     State(state): State<AppState>,
@@ -134,6 +150,16 @@ async fn get_organization(
     Ok(Json(org.value))
 }
 
+#[utoipa::path(patch, path = "/api/organizations/{id}", tag = "store",
+    security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The organization's id.")),
+    request_body = OrganizationUpdate,
+    responses(
+        (status = 200, description = "The organization as changed.", body = Organization),
+        (status = 404, description = "No such organization.", body = ErrorBody),
+        (status = 409, description = "Another organization has this phone number.", body = ErrorBody),
+        (status = 422, description = "A field is wrong.", body = ErrorBody),
+    ))]
 async fn update_organization(
     _: Admin,
     State(state): State<AppState>,
@@ -158,6 +184,15 @@ async fn update_organization(
     Ok(Json(org))
 }
 
+#[utoipa::path(delete, path = "/api/organizations/{id}", tag = "store",
+    security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The organization's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "No such organization.", body = ErrorBody),
+        (status = 409, description = "The organization still has leads.", body = ErrorBody),
+        (status = 503, description = "The database is down; nothing was changed.", body = ErrorBody),
+    ))]
 async fn delete_organization(
     _: Admin,
     State(state): State<AppState>,
@@ -179,6 +214,14 @@ const LEAD_FIELDS: &[&str] = &[
     "metadata",
 ];
 
+#[utoipa::path(post, path = "/api/leads", tag = "store",
+    security(("admin_token" = [])),
+    request_body = LeadCreate,
+    responses(
+        (status = 201, description = "Created.", body = Lead),
+        (status = 409, description = "The organization already has a lead with this phone number.", body = ErrorBody),
+        (status = 422, description = "A field is missing or wrong, or the organization does not exist.", body = ErrorBody),
+    ))]
 async fn create_lead(
     _: Admin,
     State(state): State<AppState>,
@@ -208,6 +251,19 @@ async fn create_lead(
     Ok((StatusCode::CREATED, Json(lead)))
 }
 
+#[utoipa::path(get, path = "/api/leads", tag = "store",
+    security(("admin_token" = [])),
+    params(
+        ("organization_id" = Uuid, Query, description = "The organization's id."),
+        ("phone" = String, Query, format = "phone", description = "The lead's phone number."),
+    ),
+    responses(
+        (status = 200, description = "The lead (read through the cache).", body = Lead),
+        (status = 404, description = "No such lead.", body = ErrorBody),
+        (status = 400, description = "The query string could not be parsed.", body = ErrorBody),
+        (status = 422, description = "A parameter is missing or wrong.", body = ErrorBody),
+        (status = 503, description = "The database is down and nothing is cached.", body = ErrorBody),
+    ))]
 async fn find_lead(
     _: Admin,
     State(state): State<AppState>,
@@ -234,6 +290,14 @@ async fn find_lead(
     Ok(Json(lead))
 }
 
+#[utoipa::path(get, path = "/api/leads/{id}", tag = "store",
+    security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The lead's id.")),
+    responses(
+        (status = 200, description = "The lead (read through the cache).", body = Lead),
+        (status = 404, description = "No such lead.", body = ErrorBody),
+        (status = 503, description = "The database is down and nothing is cached.", body = ErrorBody),
+    ))]
 async fn get_lead(
     _: Admin,
     State(state): State<AppState>,
@@ -243,6 +307,16 @@ async fn get_lead(
     Ok(Json(lead.value))
 }
 
+#[utoipa::path(patch, path = "/api/leads/{id}", tag = "store",
+    security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The lead's id.")),
+    request_body = LeadUpdate,
+    responses(
+        (status = 200, description = "The lead as changed.", body = Lead),
+        (status = 404, description = "No such lead.", body = ErrorBody),
+        (status = 409, description = "The organization already has a lead with this phone number.", body = ErrorBody),
+        (status = 422, description = "A field is wrong.", body = ErrorBody),
+    ))]
 async fn update_lead(
     _: Admin,
     State(state): State<AppState>,
@@ -275,6 +349,14 @@ async fn update_lead(
     Ok(Json(lead))
 }
 
+#[utoipa::path(delete, path = "/api/leads/{id}", tag = "store",
+    security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The lead's id.")),
+    responses(
+        (status = 204, description = "Deleted, with its conversations."),
+        (status = 404, description = "No such lead.", body = ErrorBody),
+        (status = 503, description = "The database is down; nothing was changed.", body = ErrorBody),
+    ))]
 async fn delete_lead(_: Admin, State(state): State<AppState>, id: PathParam) -> Result<StatusCode> {
     state.lookup.delete_lead(path_id(id)?).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -291,6 +373,16 @@ const CONVERSATION_FIELDS: &[&str] = &[
     "ended_at",
 ];
 
+#[utoipa::path(post, path = "/api/leads/{id}/conversations", tag = "store",
+    security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The lead's id.")),
+    request_body = ConversationCreate,
+    responses(
+        (status = 201, description = "Recorded.", body = Conversation),
+        (status = 404, description = "No such lead.", body = ErrorBody),
+        (status = 409, description = "A conversation with this `external_id` is already recorded.", body = ErrorBody),
+        (status = 422, description = "A field is missing or wrong.", body = ErrorBody),
+    ))]
 async fn create_conversation(
     _: Admin,
     State(state): State<AppState>,
@@ -323,6 +415,20 @@ async fn create_conversation(
     Ok((StatusCode::CREATED, Json(conversation)))
 }
 
+#[utoipa::path(get, path = "/api/leads/{id}/conversations", tag = "store",
+    security(("admin_token" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The lead's id."),
+        ("limit" = Option<i64>, Query, minimum = 0, maximum = 100, description = "At most this many (20 when absent)."),
+        ("offset" = Option<i64>, Query, minimum = 0, maximum = 2147483647, description = "Skip this many, newest first."),
+    ),
+    responses(
+        (status = 200, description = "A page of the lead's conversations, newest first (cached).", body = ConversationPage),
+        (status = 404, description = "No such lead.", body = ErrorBody),
+        (status = 400, description = "The query string could not be parsed.", body = ErrorBody),
+        (status = 422, description = "A parameter is out of range.", body = ErrorBody),
+        (status = 503, description = "The database is down and nothing is cached.", body = ErrorBody),
+    ))]
 async fn list_conversations(
     _: Admin,
     State(state): State<AppState>,
@@ -341,6 +447,14 @@ async fn list_conversations(
     })))
 }
 
+#[utoipa::path(get, path = "/api/leads/{id}/context", tag = "store",
+    security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The lead's id.")),
+    responses(
+        (status = 200, description = "The lead's conversation context (cached).", body = LeadContextView),
+        (status = 404, description = "No such lead.", body = ErrorBody),
+        (status = 503, description = "The database is down and nothing is cached.", body = ErrorBody),
+    ))]
 async fn lead_context(
     _: Admin,
     State(state): State<AppState>,
@@ -356,6 +470,14 @@ async fn lead_context(
     Ok(Json(body))
 }
 
+#[utoipa::path(get, path = "/api/leads/{id}/summary", tag = "store",
+    security(("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The lead's id.")),
+    responses(
+        (status = 200, description = "A bounded summary of the lead's recent conversations (cached).", body = LeadSummary),
+        (status = 404, description = "No such lead.", body = ErrorBody),
+        (status = 503, description = "The database is down and nothing is cached.", body = ErrorBody),
+    ))]
 async fn lead_summary(
     _: Admin,
     State(state): State<AppState>,
@@ -368,6 +490,19 @@ async fn lead_summary(
     ))
 }
 
+#[utoipa::path(get, path = "/api/leads/{id}/greeting", tag = "store",
+    security(("admin_token" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The lead's id."),
+        ("channel" = Option<Channel>, Query, description = "`voice` when absent."),
+    ),
+    responses(
+        (status = 200, description = "The greeting an agent opens with (cached).", body = LeadGreeting),
+        (status = 404, description = "No such lead.", body = ErrorBody),
+        (status = 400, description = "The query string could not be parsed.", body = ErrorBody),
+        (status = 422, description = "`channel` is not a channel.", body = ErrorBody),
+        (status = 503, description = "The database is down and nothing is cached.", body = ErrorBody),
+    ))]
 async fn lead_greeting(
     _: Admin,
     State(state): State<AppState>,

@@ -13,19 +13,21 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, mpsc, watch};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::api::{json_body, query, PathParam, QueryParams};
 use super::auth::Admin;
+use super::openapi::{CallChange, CallList, ErrorBody, EventCreate, EventList, SseEvent};
 use super::server::CloseConnection;
 use super::{ApiError, AppState, Result};
-use crate::calls::model::{valid_call_id, valid_custom_type, STATE_MAX_BYTES};
+use crate::calls::model::{valid_call_id, valid_custom_type, Call, STATE_MAX_BYTES};
 use crate::calls::{
     Backend, Bus, BusEvent, CallStatus, Calls, Control, Event, EventId, Filter, Scope, Step,
     UpdateError,
@@ -46,16 +48,13 @@ const REPLAY_SEND_AT_MOST: Duration = Duration::from_secs(10);
 
 const BACKEND_HEADER: HeaderName = HeaderName::from_static("x-hotline-calls-backend");
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/calls", get(list_calls))
-        .route("/api/calls/{call_id}", get(get_call).patch(patch_call))
-        .route(
-            "/api/calls/{call_id}/events",
-            get(list_events).post(post_event),
-        )
-        .route("/api/calls/{call_id}/stream", get(call_stream))
-        .route("/api/events", get(all_events))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_calls))
+        .routes(routes!(get_call, patch_call))
+        .routes(routes!(list_events, post_event))
+        .routes(routes!(call_stream))
+        .routes(routes!(all_events))
 }
 
 fn calls(state: &AppState) -> Result<&Arc<Calls>> {
@@ -96,6 +95,21 @@ fn with_backend(backend: Backend, response: impl IntoResponse) -> Response {
     response
 }
 
+#[utoipa::path(get, path = "/api/calls", tag = "calls",
+    security(("admin_token" = [])),
+    params(
+        ("status" = Option<CallStatus>, Query, description = "Only calls with this status."),
+        ("organization_id" = Option<Uuid>, Query, description = "Only this organization's calls."),
+        ("lead_id" = Option<Uuid>, Query, description = "Only this lead's calls."),
+        ("since" = Option<String>, Query, format = DateTime, description = "Only calls started at or after this time (RFC 3339)."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many, newest first (50 when absent)."),
+    ),
+    responses(
+        (status = 200, description = "Live calls, newest first, and how many match.", body = CallList, headers(("X-Hotline-Calls-Backend" = String, description = "`redis` (shared by every instance) or `memory` (this instance alone)."))),
+        (status = 400, description = "The query string could not be parsed.", body = ErrorBody),
+        (status = 422, description = "A parameter is wrong or unknown.", body = ErrorBody),
+        (status = 503, description = "Calls are off (`CALLS_ENABLED=false`).", body = ErrorBody),
+    ))]
 async fn list_calls(
     _: Admin,
     State(state): State<AppState>,
@@ -166,6 +180,14 @@ fn list_filter(q: &HashMap<String, String>) -> Result<(Filter, usize)> {
     Ok((filter, limit))
 }
 
+#[utoipa::path(get, path = "/api/calls/{call_id}", tag = "calls",
+    security(("admin_token" = [])),
+    params(("call_id" = String, Path, pattern = "^[!-~]{1,128}$", description = "The call id the ring carried (`call_sid` or `call_id`).")),
+    responses(
+        (status = 200, description = "The call.", body = Call, headers(("X-Hotline-Calls-Backend" = String, description = "`redis` (shared by every instance) or `memory` (this instance alone)."))),
+        (status = 404, description = "No such call (or it expired).", body = ErrorBody),
+        (status = 503, description = "Calls are off (`CALLS_ENABLED=false`), or Redis is down and this instance does not hold the call.", body = ErrorBody),
+    ))]
 async fn get_call(_: Admin, State(state): State<AppState>, id: PathParam) -> Result<Response> {
     let calls = calls(&state)?;
     let id = call_id(id)?;
@@ -265,6 +287,16 @@ enum Refused {
     Invalid(ApiError),
 }
 
+#[utoipa::path(patch, path = "/api/calls/{call_id}", tag = "calls",
+    security(("admin_token" = [])),
+    params(("call_id" = String, Path, pattern = "^[!-~]{1,128}$", description = "The call id the ring carried (`call_sid` or `call_id`).")),
+    request_body = CallChange,
+    responses(
+        (status = 200, description = "The call as changed.", body = Call, headers(("X-Hotline-Calls-Backend" = String, description = "`redis` (shared by every instance) or `memory` (this instance alone)."))),
+        (status = 404, description = "No such call (or it expired).", body = ErrorBody),
+        (status = 422, description = "A field is wrong, or the merged state is too large or too deep.", body = ErrorBody),
+        (status = 503, description = "Calls are off (`CALLS_ENABLED=false`), or Redis is down and this instance does not hold the call.", body = ErrorBody),
+    ))]
 async fn patch_call(
     _: Admin,
     State(state): State<AppState>,
@@ -333,6 +365,16 @@ async fn patch_call(
     Ok(with_backend(updated.backend, Json(call)))
 }
 
+#[utoipa::path(post, path = "/api/calls/{call_id}/events", tag = "calls",
+    security(("admin_token" = [])),
+    params(("call_id" = String, Path, pattern = "^[!-~]{1,128}$", description = "The call id the ring carried (`call_sid` or `call_id`).")),
+    request_body = EventCreate,
+    responses(
+        (status = 201, description = "Published on the bus.", body = Event, headers(("X-Hotline-Calls-Backend" = String, description = "`redis` (shared by every instance) or `memory` (this instance alone)."))),
+        (status = 404, description = "No such call (or it expired).", body = ErrorBody),
+        (status = 422, description = "A field is wrong, or `data` is too large or too deep.", body = ErrorBody),
+        (status = 503, description = "Calls are off (`CALLS_ENABLED=false`), or Redis is down and this instance does not hold the call.", body = ErrorBody),
+    ))]
 async fn post_event(
     _: Admin,
     State(state): State<AppState>,
@@ -374,6 +416,14 @@ async fn post_event(
     Ok(with_backend(backend, (StatusCode::CREATED, Json(event))))
 }
 
+#[utoipa::path(get, path = "/api/calls/{call_id}/events", tag = "calls",
+    security(("admin_token" = [])),
+    params(("call_id" = String, Path, pattern = "^[!-~]{1,128}$", description = "The call id the ring carried (`call_sid` or `call_id`).")),
+    responses(
+        (status = 200, description = "The call's events, oldest first (the last `CALL_EVENTS_MAX`).", body = EventList, headers(("X-Hotline-Calls-Backend" = String, description = "`redis` (shared by every instance) or `memory` (this instance alone)."))),
+        (status = 404, description = "No such call (or it expired).", body = ErrorBody),
+        (status = 503, description = "Calls are off (`CALLS_ENABLED=false`), or Redis is down and this instance does not hold the call.", body = ErrorBody),
+    ))]
 async fn list_events(_: Admin, State(state): State<AppState>, id: PathParam) -> Result<Response> {
     let calls = calls(&state)?;
     let id = call_id(id)?;
@@ -404,6 +454,18 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<EventId>> {
     })
 }
 
+#[utoipa::path(get, path = "/api/calls/{call_id}/stream", tag = "calls",
+    security(("admin_token" = [])),
+    params(
+        ("call_id" = String, Path, pattern = "^[!-~]{1,128}$", description = "The call id the ring carried (`call_sid` or `call_id`)."),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^([0-9]{1,19}-[0-9]{1,19})?$", description = "Resume after this event."),
+    ),
+    responses(
+        (status = 200, description = "Server-sent events of this call: what was missed after `Last-Event-ID`, then live.", content_type = "text/event-stream", body = SseEvent),
+        (status = 400, description = "`Last-Event-ID` is not an event id.", body = ErrorBody),
+        (status = 404, description = "No such call (or it expired).", body = ErrorBody),
+        (status = 503, description = "Calls are off (`CALLS_ENABLED=false`), or Redis is down and this instance does not hold the call.", body = ErrorBody),
+    ))]
 async fn call_stream(
     _: Admin,
     State(state): State<AppState>,
@@ -427,6 +489,15 @@ async fn call_stream(
     ))
 }
 
+#[utoipa::path(get, path = "/api/events", tag = "calls",
+    security(("admin_token" = [])),
+    params(
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^([0-9]{1,19}-[0-9]{1,19})?$", description = "Resume after this event."),
+    ),
+    responses(
+        (status = 200, description = "Server-sent events of every instance (calls without personal data, alerts, instances, admin messages).", content_type = "text/event-stream", body = SseEvent),
+        (status = 400, description = "`Last-Event-ID` is not an event id.", body = ErrorBody),
+    ))]
 async fn all_events(
     _: Admin,
     State(state): State<AppState>,

@@ -9,11 +9,12 @@ pub mod error;
 pub mod input;
 pub mod limits;
 mod monitoring;
+pub mod openapi;
 pub mod server;
 mod webhooks;
 
 use std::sync::atomic::AtomicI64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -21,6 +22,8 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::admin::Admin;
 use crate::calls::{Bus, Calls};
@@ -71,17 +74,29 @@ pub struct Settings {
     pub limits: Limits,
 }
 
-pub fn router(state: AppState) -> Router {
-    let guard = limits::BodyGuard {
-        budget: limits::BodyBudget::new(state.settings.limits.body_budget),
-        body_timeout: state.settings.limits.body_timeout,
-    };
-    Router::new()
+/// Every route, each with its OpenAPI operation.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(webhooks::router())
         .merge(api::router())
         .merge(monitoring::router())
         .merge(calls::router())
         .merge(admin::router())
+}
+
+/// The OpenAPI document of every route, as `GET /api/openapi.json` serves it.
+pub fn openapi_document() -> &'static serde_json::Value {
+    static DOCUMENT: OnceLock<serde_json::Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| openapi::finish(routes().split_for_parts().1))
+}
+
+pub fn router(state: AppState) -> Router {
+    let guard = limits::BodyGuard {
+        budget: limits::BodyBudget::new(state.settings.limits.body_budget),
+        body_timeout: state.settings.limits.body_timeout,
+    };
+    let (routes, _) = routes().split_for_parts();
+    routes
         .fallback(|| async { ApiError::NotFound })
         // After every merge: it applies to the routes registered before it.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -150,6 +165,7 @@ async fn log_request(State(state): State<AppState>, req: Request, next: Next) ->
 fn is_monitoring_route(route: &str) -> bool {
     route == "/healthz"
         || route == "/metrics"
+        || route == "/api/openapi.json"
         || route == "/dashboard"
         || route.starts_with("/api/monitoring/")
 }

@@ -11,13 +11,17 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{TimeZone, Utc};
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::api::json_body;
 use super::auth::Admin;
+use super::openapi::{
+    Alerts, ErrorBody, Health, Invalidated, Invalidation, Liveness, RedisHealth, SseEvent,
+};
 use super::{ApiError, AppState, Result};
 use crate::cache::Kind;
 
@@ -75,42 +79,53 @@ struct Checks {
 
 type SharedChecks = Extension<Arc<Checks>>;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> OpenApiRouter<AppState> {
     let checks = Arc::new(Checks {
         database: Shared::new(),
         redis: Shared::new(),
     });
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/api/monitoring/health", get(health))
-        .route("/api/monitoring/health/redis", get(redis_health))
-        .route("/api/monitoring/cache/invalidate", post(invalidate))
-        .route("/api/monitoring/metrics", get(metrics_summary))
-        .route("/api/monitoring/metrics/performance", get(performance))
-        .route("/api/monitoring/stats/cache", get(cache_stats))
-        .route("/api/monitoring/alerts", get(alerts))
-        .route("/api/monitoring/stream", get(stream))
-        .route("/metrics", get(prometheus))
-        .route("/dashboard", get(dashboard))
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(health))
+        .routes(routes!(redis_health))
+        .routes(routes!(invalidate))
+        .routes(routes!(metrics_summary))
+        .routes(routes!(performance))
+        .routes(routes!(cache_stats))
+        .routes(routes!(alerts))
+        .routes(routes!(stream))
+        .routes(routes!(prometheus))
+        .routes(routes!(dashboard))
+        .routes(routes!(openapi_json))
         .layer(Extension(checks))
 }
 
+#[utoipa::path(get, path = "/api/monitoring/metrics", tag = "monitoring",
+    responses((status = 200, description = "Requests, latency, hit rates and calls over the rolling window.", body = Object)))]
 async fn metrics_summary(State(state): State<AppState>) -> impl IntoResponse {
     Json(state.monitor.summary())
 }
 
+#[utoipa::path(get, path = "/api/monitoring/metrics/performance", tag = "monitoring",
+    responses((status = 200, description = "Latency percentiles by route and by cache kind.", body = Object)))]
 async fn performance(State(state): State<AppState>) -> impl IntoResponse {
     Json(state.monitor.performance())
 }
 
+#[utoipa::path(get, path = "/api/monitoring/alerts", tag = "monitoring",
+    responses((status = 200, description = "Active and recently resolved alerts.", body = Alerts)))]
 async fn alerts(State(state): State<AppState>) -> impl IntoResponse {
     Json(state.monitor.alerts())
 }
 
+#[utoipa::path(get, path = "/api/monitoring/stream", tag = "monitoring",
+    responses((status = 200, description = "Server-sent events: `metrics` every second, `alert` on firing and resolving, `bus` for the newest events.", content_type = "text/event-stream", body = SseEvent)))]
 async fn stream(State(state): State<AppState>) -> impl IntoResponse {
     state.monitor.subscribe()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "monitoring",
+    responses((status = 200, description = "Prometheus' text format.", content_type = "text/plain", body = String)))]
 async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
@@ -121,6 +136,14 @@ async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+#[utoipa::path(get, path = "/api/openapi.json", tag = "monitoring",
+    responses((status = 200, description = "This document.", body = Object)))]
+async fn openapi_json() -> impl IntoResponse {
+    Json(super::openapi_document())
+}
+
+#[utoipa::path(get, path = "/dashboard", tag = "monitoring",
+    responses((status = 200, description = "The live monitoring page.", content_type = "text/html", body = String)))]
 async fn dashboard() -> impl IntoResponse {
     axum::response::Html(crate::monitoring::DASHBOARD_HTML)
 }
@@ -128,6 +151,8 @@ async fn dashboard() -> impl IntoResponse {
 /// One object per kind (since start: tier hits, misses, loads, invalidations, the kind's TTL),
 /// the size of tier 1 and of the generation mirror, and how many rendered webhook answers were
 /// kept and served.
+#[utoipa::path(get, path = "/api/monitoring/stats/cache", tag = "monitoring",
+    responses((status = 200, description = "Per kind since start: tier hits, misses, loads, invalidations, TTL; tier 1's size.", body = Object)))]
 async fn cache_stats(State(state): State<AppState>) -> impl IntoResponse {
     use std::sync::atomic::Ordering::Relaxed;
     let cache = state.lookup.cache();
@@ -182,6 +207,11 @@ async fn cache_stats(State(state): State<AppState>) -> impl IntoResponse {
 
 /// 200 while the process serves; 503 `draining` once told to drain, so that load balancers
 /// take the instance out while it still serves everything else.
+#[utoipa::path(get, path = "/healthz", tag = "monitoring",
+    responses(
+        (status = 200, description = "The process serves (no dependency is checked).", body = Liveness),
+        (status = 503, description = "The instance was told to drain.", body = Liveness),
+    ))]
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     if state.instances.is_draining() {
         return (
@@ -225,6 +255,8 @@ async fn redis_report(state: &AppState) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/api/monitoring/health/redis", tag = "monitoring",
+    responses((status = 200, description = "Redis as this instance sees it.", body = RedisHealth)))]
 async fn redis_health(
     State(state): State<AppState>,
     Extension(checks): SharedChecks,
@@ -260,6 +292,11 @@ async fn database_check(state: &AppState) -> DatabaseCheck {
     }
 }
 
+#[utoipa::path(get, path = "/api/monitoring/health", tag = "monitoring",
+    responses(
+        (status = 200, description = "Healthy or degraded.", body = Health),
+        (status = 503, description = "Unhealthy: the database is down.", body = Health),
+    ))]
 async fn health(
     State(state): State<AppState>,
     Extension(checks): SharedChecks,
@@ -315,6 +352,13 @@ async fn health(
 
 /// `{"lead_id"}`, `{"organization_id"}`, `{"kind"}` or `{"all": true}`: invalidated on every
 /// instance (through Redis pub/sub).
+#[utoipa::path(post, path = "/api/monitoring/cache/invalidate", tag = "monitoring",
+    security(("admin_token" = [])),
+    request_body = Invalidation,
+    responses(
+        (status = 200, description = "Invalidated on every instance.", body = Invalidated),
+        (status = 422, description = "Not exactly one of the four, or a field is wrong.", body = ErrorBody),
+    ))]
 async fn invalidate(
     _: Admin,
     State(state): State<AppState>,

@@ -9,19 +9,21 @@ use axum::body::Body as RawBody;
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, StreamExt};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::WebhookCaller;
 use super::calls::webhook_call_id;
 use super::input::Body;
 use super::limits::{BodyError, BodyLedger};
+use super::openapi::{ErrorBody, InitiationAnswer, InitiationBody, PostCallAnswer, PostCallBody};
 use super::{ApiError, AppState, Result};
 use crate::cache::{AnswerKey, Entry};
 use crate::calls::model::valid_call_id;
@@ -52,10 +54,10 @@ const KEPT_TYPES: [&str; 2] = [TRANSCRIPTION, INITIATION_FAILURE];
 /// How old (or how far ahead) a post-call signature's timestamp may be.
 pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(30 * 60);
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(INITIATION_PATH, post(conversation_initiation))
-        .route(POST_CALL_PATH, post(post_call))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(conversation_initiation))
+        .routes(routes!(post_call))
 }
 
 /// 413 from `Content-Length` alone, before reading a byte; else reads at most `limit` bytes.
@@ -120,6 +122,12 @@ fn lenient_str<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a str> 
     body.get(name).and_then(Value::as_str)
 }
 
+#[utoipa::path(post, path = INITIATION_PATH, tag = "webhooks",
+    security(("webhook_secret" = [])),
+    request_body(content = InitiationBody, description = "ElevenLabs' initiation payload. Every field is read leniently: a missing or mistyped one is an unknown caller, never an error."),
+    responses(
+        (status = 200, description = "Every dynamic variable, within `WEBHOOK_DEADLINE_MS`; a default answer when lookups fail or run late.", body = InitiationAnswer),
+    ))]
 async fn conversation_initiation(
     _: WebhookCaller,
     State(state): State<AppState>,
@@ -403,6 +411,13 @@ enum Kept {
     Nothing { oversize: bool },
 }
 
+#[utoipa::path(post, path = POST_CALL_PATH, tag = "webhooks",
+    security(("elevenlabs_signature" = [])),
+    request_body(content = PostCallBody, description = "A signed ElevenLabs post-call event. `post_call_transcription` is recorded once per conversation; `call_initiation_failure` fails its call; other types are acknowledged."),
+    responses(
+        (status = 200, description = "Acknowledged: recorded, kept for later (database down), or ignored.", body = PostCallAnswer),
+        (status = 422, description = "A transcription that cannot be recorded (no organization for the number called, say).", body = ErrorBody),
+    ))]
 async fn post_call(
     State(state): State<AppState>,
     ledger: Option<Extension<BodyLedger>>,
