@@ -71,6 +71,7 @@ fn build_cache(args: &ServeArgs, monitor: &Monitor) -> anyhow::Result<Cache> {
         )),
         _ => None,
     };
+    crate::monitoring::metrics::redis_enabled(remote.is_some());
     let expects_listen = listen_url(args).is_some();
     let liveness = Arc::new(Liveness {
         expects_pubsub: remote.is_some(),
@@ -446,6 +447,7 @@ async fn probe_database(
             tokio::time::timeout(Duration::from_secs(1), store.ping()).await,
             Ok(Ok(()))
         );
+        crate::monitoring::metrics::database_up(up);
         if up {
             down_since_ms.store(0, Ordering::Release);
         } else {

@@ -28,8 +28,10 @@ pub const CACHE_LOAD_DURATION: &str = "hotline_cache_load_duration_seconds";
 pub const CACHE_INVALIDATIONS: &str = "hotline_cache_invalidations_total";
 pub const HTTP_REQUEST_DURATION: &str = "hotline_http_request_duration_seconds";
 pub const REDIS_UP: &str = "hotline_redis_up";
+pub const REDIS_ENABLED: &str = "hotline_redis_enabled";
 pub const REDIS_COMMAND_DURATION: &str = "hotline_redis_command_duration_seconds";
 pub const DB_QUERY_DURATION: &str = "hotline_db_query_duration_seconds";
+pub const DATABASE_UP: &str = "hotline_database_up";
 pub const ALERT_FIRING: &str = "hotline_alert_firing";
 pub const WEBHOOK_ANSWERS: &str = "hotline_webhook_answers_total";
 pub const POST_CALL_EVENTS: &str = "hotline_post_call_events_total";
@@ -51,14 +53,16 @@ pub const INSTANCES_LIVE: &str = "hotline_instances_live";
 pub const ADMIN_MESSAGES: &str = "hotline_admin_messages_total";
 
 /// Every family this module exports.
-pub const FAMILIES: [&str; 26] = [
+pub const FAMILIES: [&str; 28] = [
     CACHE_REQUESTS,
     CACHE_LOAD_DURATION,
     CACHE_INVALIDATIONS,
     HTTP_REQUEST_DURATION,
     REDIS_UP,
+    REDIS_ENABLED,
     REDIS_COMMAND_DURATION,
     DB_QUERY_DURATION,
+    DATABASE_UP,
     ALERT_FIRING,
     WEBHOOK_ANSWERS,
     POST_CALL_EVENTS,
@@ -134,6 +138,8 @@ struct Handles {
     connections_open: Gauge,
     panics: Counter,
     redis_up: Gauge,
+    redis_enabled: Gauge,
+    database_up: Gauge,
     redis_command: Histogram,
     spool_depth: Gauge,
     spool_bytes: Gauge,
@@ -198,6 +204,14 @@ fn describe() {
     describe_gauge!(
         REDIS_UP,
         "1 while Redis answers (circuit closed), 0 while it does not or is disabled."
+    );
+    describe_gauge!(
+        REDIS_ENABLED,
+        "1 when this instance is set up to use Redis (REDIS_URL set, REDIS_ENABLED not false), else 0: tells Redis down from Redis turned off."
+    );
+    describe_gauge!(
+        DATABASE_UP,
+        "1 while the database answers hotline's probe (once a second), 0 while it fails or before it first answered."
     );
     describe_histogram!(
         REDIS_COMMAND_DURATION,
@@ -336,6 +350,9 @@ fn register() -> Handles {
     }
     let redis_up = gauge!(REDIS_UP);
     redis_up.set(0.0);
+    let (redis_enabled, database_up) = (gauge!(REDIS_ENABLED), gauge!(DATABASE_UP));
+    redis_enabled.set(0.0);
+    database_up.set(0.0);
     let (spool_depth, spool_bytes) = (gauge!(SPOOL_DEPTH), gauge!(SPOOL_BYTES));
     spool_depth.set(0.0);
     spool_bytes.set(0.0);
@@ -370,6 +387,8 @@ fn register() -> Handles {
         connections_open,
         panics,
         redis_up,
+        redis_enabled,
+        database_up,
         redis_command: histogram!(REDIS_COMMAND_DURATION),
         spool_depth,
         spool_bytes,
@@ -463,6 +482,20 @@ fn http_histogram(route: &str, method: &str, status: u16) -> Option<Histogram> {
 pub fn redis_up(up: bool) {
     if let Some(h) = handles() {
         h.redis_up.set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+/// Whether this instance is set up to use Redis.
+pub fn redis_enabled(enabled: bool) {
+    if let Some(h) = handles() {
+        h.redis_enabled.set(if enabled { 1.0 } else { 0.0 });
+    }
+}
+
+/// Whether the database answered the last probe.
+pub fn database_up(up: bool) {
+    if let Some(h) = handles() {
+        h.database_up.set(if up { 1.0 } else { 0.0 });
     }
 }
 
