@@ -15,6 +15,7 @@ mod limits;
 mod logging;
 mod monitoring;
 mod monitoring_load;
+mod openapi;
 mod outage;
 mod panics;
 mod seed;
