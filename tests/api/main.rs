@@ -6,6 +6,7 @@ mod answers;
 mod cache;
 mod calls;
 mod continuity;
+mod drain;
 mod embedded;
 mod faults;
 mod hostile;
