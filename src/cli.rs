@@ -17,6 +17,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Seed(args) => seed_command(args).await,
         Command::Validate(args) => validate_command(args).await,
+        Command::Drain(args) => drain_command(args).await,
         Command::Bench(args) => crate::bench::run(*args).await,
         Command::Openapi => {
             let document = serde_json::to_string_pretty(crate::http::openapi_document())?;
@@ -72,6 +73,33 @@ async fn validate_command(args: crate::config::ValidateArgs) -> anyhow::Result<(
     }
     if !report.passed {
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn drain_command(args: crate::config::DrainArgs) -> anyhow::Result<()> {
+    use crate::drain::{self, DrainOptions};
+    use std::time::Duration;
+    let token = match args.admin_token() {
+        Ok(t) => t.expose().to_string(),
+        Err(e) => e.exit(),
+    };
+    let opts = DrainOptions {
+        url: args.url.as_str().to_string(),
+        admin_token: token,
+        ack_within: Duration::from_secs(args.ack_timeout_s),
+        request_timeout: Duration::from_secs(5),
+    };
+    let d = drain::run(&opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("drain failed: {e}"))?;
+    println!(
+        "drained `{}` (message {}): {}",
+        d.instance_id, d.message_id, d.detail
+    );
+    if args.wait_s > 0 {
+        println!("waiting {} s for load balancers to notice", args.wait_s);
+        tokio::time::sleep(Duration::from_secs(args.wait_s)).await;
     }
     Ok(())
 }

@@ -31,6 +31,8 @@ pub enum Command {
     Seed(SeedArgs),
     /// Production-readiness checks against a running instance.
     Validate(ValidateArgs),
+    /// Drain a running instance (its /healthz answers 503), e.g. from a preStop hook.
+    Drain(DrainArgs),
     /// Load-test a running instance (see scripts/bench.sh).
     Bench(Box<crate::bench::BenchArgs>),
     /// Print the OpenAPI 3.1 document of the HTTP API (as `GET /api/openapi.json` serves it).
@@ -282,6 +284,36 @@ pub struct ValidateArgs {
     /// `warm_latency` passes when the client-side p99 is at most this many milliseconds.
     #[arg(long, default_value_t = 5.0)]
     pub latency_target_ms: f64,
+}
+
+/// Everything `hotline drain` reads.
+#[derive(Debug, Clone, Args)]
+pub struct DrainArgs {
+    /// Base URL of the instance to drain: the instance itself, never a load balancer (whichever
+    /// instance answers there is the one drained).
+    #[arg(long, env = "HOTLINE_URL", default_value = "http://127.0.0.1:8080", value_parser = parse_http_url)]
+    pub url: SchemeUrl,
+    /// The instance's admin token (required).
+    #[arg(long, env = "ADMIN_TOKEN", value_parser = parse_secret, hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+    /// Once the instance acked, wait this many seconds before exiting, so that load balancers
+    /// see /healthz fail before the instance is stopped.
+    #[arg(long, env = "DRAIN_WAIT_S", default_value = "0", value_parser = parse_seconds)]
+    pub wait_s: u64,
+    /// How long the instance may take to ack the drain, in seconds.
+    #[arg(long, env = "DRAIN_ACK_TIMEOUT_S", default_value = "10", value_parser = parse_positive)]
+    pub ack_timeout_s: u64,
+}
+
+impl DrainArgs {
+    /// The admin token, or the one line that says it is missing.
+    pub fn admin_token(&self) -> Result<&Secret, ConfigError> {
+        self.admin_token.as_ref().ok_or_else(|| ConfigError {
+            env: "ADMIN_TOKEN".into(),
+            flag: "admin-token".into(),
+            reason: "is required: draining is an admin message".into(),
+        })
+    }
 }
 
 /// Everything `hotline serve` reads.

@@ -10,6 +10,7 @@ pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod drain;
 pub mod http;
 pub mod instances;
 pub mod lookup;

@@ -7,6 +7,7 @@ mod cache;
 mod calls;
 mod continuity;
 mod deploy;
+mod drain;
 mod embedded;
 mod faults;
 mod hostile;
