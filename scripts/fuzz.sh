@@ -61,6 +61,11 @@ for _ in $(seq 1 150); do
   sleep 0.2
 done
 curl -fsS "$url/healthz" >/dev/null || { cat "$log" >&2; say "hotline did not answer"; exit 1; }
+# A call for the calls API's operations to find: the id is the document's example.
+curl -fsS -o /dev/null -H "Authorization: Bearer $WEBHOOK_SECRET" -H 'Content-Type: application/json' \
+  -d '{"caller_id": "+14155550100", "called_number": "+14155550199", "agent_id": "agent_fuzz", "call_sid": "CA0123456789abcdef0123456789abcdef"}' \
+  "$url/webhooks/elevenlabs/conversation-initiation"
+
 say "fuzzing $url for at most ${max_time}s"
 
 FUZZ_DATABASE_URL="$database_url" FUZZ_REDIS_URL="$redis_url" \

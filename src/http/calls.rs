@@ -182,7 +182,7 @@ fn list_filter(q: &HashMap<String, String>) -> Result<(Filter, usize)> {
 
 #[utoipa::path(get, path = "/api/calls/{call_id}", tag = "calls",
     security(("admin_token" = [])),
-    params(("call_id" = String, Path, pattern = "^[!-~]{1,128}$", description = "The call id the ring carried (`call_sid` or `call_id`).")),
+    params(("call_id" = String, Path, pattern = "^[!-~]{1,128}$", example = "CA0123456789abcdef0123456789abcdef", description = "The call id the ring carried (`call_sid` or `call_id`).")),
     responses(
         (status = 200, description = "The call.", body = Call, headers(("X-Hotline-Calls-Backend" = String, description = "`redis` (shared by every instance) or `memory` (this instance alone)."))),
         (status = 404, description = "No such call (or it expired).", body = ErrorBody),
@@ -289,7 +289,7 @@ enum Refused {
 
 #[utoipa::path(patch, path = "/api/calls/{call_id}", tag = "calls",
     security(("admin_token" = [])),
-    params(("call_id" = String, Path, pattern = "^[!-~]{1,128}$", description = "The call id the ring carried (`call_sid` or `call_id`).")),
+    params(("call_id" = String, Path, pattern = "^[!-~]{1,128}$", example = "CA0123456789abcdef0123456789abcdef", description = "The call id the ring carried (`call_sid` or `call_id`).")),
     request_body = CallChange,
     responses(
         (status = 200, description = "The call as changed.", body = Call, headers(("X-Hotline-Calls-Backend" = String, description = "`redis` (shared by every instance) or `memory` (this instance alone)."))),
@@ -367,7 +367,7 @@ async fn patch_call(
 
 #[utoipa::path(post, path = "/api/calls/{call_id}/events", tag = "calls",
     security(("admin_token" = [])),
-    params(("call_id" = String, Path, pattern = "^[!-~]{1,128}$", description = "The call id the ring carried (`call_sid` or `call_id`).")),
+    params(("call_id" = String, Path, pattern = "^[!-~]{1,128}$", example = "CA0123456789abcdef0123456789abcdef", description = "The call id the ring carried (`call_sid` or `call_id`).")),
     request_body = EventCreate,
     responses(
         (status = 201, description = "Published on the bus.", body = Event, headers(("X-Hotline-Calls-Backend" = String, description = "`redis` (shared by every instance) or `memory` (this instance alone)."))),
@@ -418,7 +418,7 @@ async fn post_event(
 
 #[utoipa::path(get, path = "/api/calls/{call_id}/events", tag = "calls",
     security(("admin_token" = [])),
-    params(("call_id" = String, Path, pattern = "^[!-~]{1,128}$", description = "The call id the ring carried (`call_sid` or `call_id`).")),
+    params(("call_id" = String, Path, pattern = "^[!-~]{1,128}$", example = "CA0123456789abcdef0123456789abcdef", description = "The call id the ring carried (`call_sid` or `call_id`).")),
     responses(
         (status = 200, description = "The call's events, oldest first (the last `CALL_EVENTS_MAX`).", body = EventList, headers(("X-Hotline-Calls-Backend" = String, description = "`redis` (shared by every instance) or `memory` (this instance alone)."))),
         (status = 404, description = "No such call (or it expired).", body = ErrorBody),
@@ -457,7 +457,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<EventId>> {
 #[utoipa::path(get, path = "/api/calls/{call_id}/stream", tag = "calls",
     security(("admin_token" = [])),
     params(
-        ("call_id" = String, Path, pattern = "^[!-~]{1,128}$", description = "The call id the ring carried (`call_sid` or `call_id`)."),
+        ("call_id" = String, Path, pattern = "^[!-~]{1,128}$", example = "CA0123456789abcdef0123456789abcdef", description = "The call id the ring carried (`call_sid` or `call_id`)."),
         ("Last-Event-ID" = Option<String>, Header, pattern = "^([0-9]{1,19}-[0-9]{1,19})?$", description = "Resume after this event."),
     ),
     responses(

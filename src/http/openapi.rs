@@ -521,6 +521,7 @@ request_schema! {
             true,
         )]);
         OneOfBuilder::new()
+            .examples([json!({"to": "all", "command": "ping"})])
             .item(closed(vec![
                 field("to", to(), true),
                 field("command", string_enum(&plain), true),
