@@ -11,8 +11,8 @@
 
 use serde_json::{json, Value};
 use utoipa::openapi::schema::{
-    AdditionalProperties, AllOfBuilder, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder,
-    Ref, Schema, SchemaFormat, SchemaType, Type,
+    AdditionalProperties, AllOfBuilder, ArrayBuilder, KnownFormat, ObjectBuilder,
+    OneOfBuilder, Ref, Schema, SchemaFormat, SchemaType, Type,
 };
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr};
@@ -194,8 +194,17 @@ fn string() -> ObjectBuilder {
     ObjectBuilder::new().schema_type(Type::String)
 }
 
-fn nullable(types: Type) -> SchemaType {
-    SchemaType::Array(vec![types, Type::Null])
+/// `schema`, or null: its type admits null, and so does its `enum` when it has one (a
+/// nullable type alone would still refuse a null the enum does not list).
+fn or_null(schema: ObjectBuilder) -> ObjectBuilder {
+    let mut object = schema.build();
+    if let SchemaType::Type(t) = object.schema_type {
+        object.schema_type = SchemaType::Array(vec![t, Type::Null]);
+    }
+    if let Some(values) = &mut object.enum_values {
+        values.push(Value::Null);
+    }
+    object.into()
 }
 
 /// Text of at most `max` characters without NUL.
@@ -329,7 +338,7 @@ macro_rules! request_schema {
 }
 
 fn opt_text(max: usize) -> ObjectBuilder {
-    text(max).schema_type(nullable(Type::String))
+    or_null(text(max))
 }
 
 fn lead_status() -> ObjectBuilder {
@@ -354,9 +363,9 @@ request_schema! {
         field("phone_number", phone(), true),
         field(
             "timezone",
-            timezone()
-                .schema_type(nullable(Type::String))
-                .description(Some("An IANA timezone name; `UTC` when absent or null.")),
+            or_null(
+                timezone().description(Some("An IANA timezone name; `UTC` when absent or null.")),
+            ),
             false,
         ),
         field("greeting_template", opt_text(LONG_TEXT_MAX), false),
@@ -380,20 +389,16 @@ request_schema! {
         field("organization_id", uuid(), true),
         field("phone_number", phone(), true),
         field("customer_name", opt_text(SHORT_TEXT_MAX), false),
-        field("email", email().schema_type(nullable(Type::String)), false),
+        field("email", or_null(email()), false),
         field(
             "status",
-            lead_status()
-                .schema_type(nullable(Type::String))
-                .description(Some("`new` when absent or null.")),
+            or_null(lead_status().description(Some("`new` when absent or null."))),
             false,
         ),
         field("notes", opt_text(LONG_TEXT_MAX), false),
         field(
             "metadata",
-            json_object()
-                .schema_type(nullable(Type::Object))
-                .description(Some("`{}` when absent or null.")),
+            or_null(json_object().description(Some("`{}` when absent or null."))),
             false,
         ),
     ])
@@ -405,7 +410,7 @@ request_schema! {
     LeadUpdate => closed(vec![
         field("phone_number", phone(), false),
         field("customer_name", opt_text(SHORT_TEXT_MAX), false),
-        field("email", email().schema_type(nullable(Type::String)), false),
+        field("email", or_null(email()), false),
         field("status", lead_status(), false),
         field("notes", opt_text(LONG_TEXT_MAX), false),
         field("metadata", json_object(), false),
@@ -418,13 +423,13 @@ request_schema! {
         field("channel", channel(), true),
         field(
             "external_id",
-            non_blank(SHORT_TEXT_MAX).schema_type(nullable(Type::String)),
+            or_null(non_blank(SHORT_TEXT_MAX)),
             false,
         ),
         field("summary", opt_text(LONG_TEXT_MAX), false),
         field("transcript", json_value(), false),
-        field("started_at", timestamp().schema_type(nullable(Type::String)), false),
-        field("ended_at", timestamp().schema_type(nullable(Type::String)), false),
+        field("started_at", or_null(timestamp()), false),
+        field("ended_at", or_null(timestamp()), false),
     ])
 }
 
@@ -444,14 +449,16 @@ request_schema! {
         let kinds: Vec<&str> = crate::cache::Kind::ALL.iter().map(|k| k.as_str()).collect();
         AllOfBuilder::new()
             .item(closed(vec![
-                field("lead_id", uuid().schema_type(nullable(Type::String)), false),
-                field("organization_id", uuid().schema_type(nullable(Type::String)), false),
-                field("kind", string_enum(&kinds).schema_type(nullable(Type::String)), false),
+                field("lead_id", or_null(uuid()), false),
+                field("organization_id", or_null(uuid()), false),
+                field("kind", or_null(string_enum(&kinds)), false),
                 field(
                     "all",
-                    ObjectBuilder::new()
-                        .schema_type(nullable(Type::Boolean))
-                        .enum_values(Some([json!(true), Value::Null])),
+                    or_null(
+                        ObjectBuilder::new()
+                            .schema_type(Type::Boolean)
+                            .enum_values(Some([true])),
+                    ),
                     false,
                 ),
             ]))
@@ -492,9 +499,9 @@ request_schema! {
         ),
         field(
             "data",
-            json_object()
-                .schema_type(nullable(Type::Object))
-                .description(Some("At most 16 KiB and 32 levels deep; `{}` when absent or null.")),
+            or_null(json_object().description(Some(
+                "At most 16 KiB and 32 levels deep; `{}` when absent or null.",
+            ))),
             false,
         ),
     ])
@@ -512,9 +519,11 @@ request_schema! {
                 .description(Some("`all`, or a live instance's id."))
         };
         let plain: Vec<&str> = COMMANDS.iter().copied().filter(|c| *c != "log_level").collect();
-        let no_args = ObjectBuilder::new()
-            .schema_type(nullable(Type::Object))
-            .max_properties(Some(0));
+        let no_args = or_null(
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .max_properties(Some(0)),
+        );
         let filter = closed(vec![field(
             "filter",
             text(FILTER_MAX).description(Some("A `RUST_LOG`-style filter, such as `info,hotline=debug`.")),
@@ -783,4 +792,49 @@ pub struct SseEvent {
     /// The id to resume after (`Last-Event-ID`).
     id: Option<String>,
     retry: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    /// Every schema in `value`, with where it is.
+    fn schemas<'a>(value: &'a Value, at: String, out: &mut Vec<(String, &'a Value)>) {
+        match value {
+            Value::Object(map) => {
+                if map.contains_key("type") {
+                    out.push((at.clone(), value));
+                }
+                for (k, v) in map {
+                    schemas(v, format!("{at}/{k}"), out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    schemas(v, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A nullable type with an `enum` refuses null unless the enum lists it, which the
+    /// handlers accept: the document would call a valid request invalid.
+    #[test]
+    fn a_nullable_enum_lists_null() {
+        let mut all = Vec::new();
+        schemas(crate::http::openapi_document(), String::new(), &mut all);
+        let mut nullable_enums = 0;
+        for (at, schema) in all {
+            let nullable = schema["type"]
+                .as_array()
+                .is_some_and(|types| types.contains(&Value::from("null")));
+            if let (true, Some(values)) = (nullable, schema["enum"].as_array()) {
+                nullable_enums += 1;
+                assert!(values.contains(&Value::Null), "{at}: enum without null");
+            }
+        }
+        // Invalidation's `kind` and `all`, a new organization's `timezone`, a new lead's `status`.
+        assert!(nullable_enums >= 4, "{nullable_enums} nullable enums");
+    }
 }
