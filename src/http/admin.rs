@@ -80,7 +80,7 @@ async fn send_message(
     };
     if command == "log_level" {
         match args.get("filter") {
-            Some(Value::String(f)) if f.len() <= FILTER_MAX && !f.contains('\0') => {}
+            Some(Value::String(f)) if f.chars().count() <= FILTER_MAX && !f.contains('\0') => {}
             _ => {
                 return Err(ApiError::invalid(
                     "args",

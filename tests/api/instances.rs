@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hotline::admin::FILTER_MAX;
 use serde_json::{json, Value};
 
 use crate::support::app::{assert_error, spawn_app_on, TestApp, ADMIN_TOKEN, WEBHOOK_SECRET};
@@ -320,6 +321,12 @@ async fn admin_messages_reach_every_instance_and_each_acks_once() {
     ] {
         assert_error(send(&a, body).await, 422).await;
     }
+    // The filter's bound counts characters, as the API document does, not bytes: at the bound
+    // the body is valid and only the unknown instance refuses it.
+    let filter = |n| json!({"filter": "é".repeat(n)});
+    let to_nobody = |args| json!({"to": "nobody", "command": "log_level", "args": args});
+    assert_error(send(&a, to_nobody(filter(FILTER_MAX))).await, 404).await;
+    assert_error(send(&a, to_nobody(filter(FILTER_MAX + 1))).await, 422).await;
     assert_error(a.get_admin("/api/admin/messages/not-a-message").await, 404).await;
     assert_error(
         a.get_admin(&format!("/api/admin/messages/{}", uuid::Uuid::new_v4()))
