@@ -1,4 +1,4 @@
-//! The five alerts, their hold and resolve logic, and the alert webhook.
+//! The six alerts, their hold and resolve logic, and the alert webhook.
 //!
 //! Evaluated once a second by the ticker (never on a request's path), from the window's summary
 //! and two inputs: since when Redis has been down and since when the database has been failing.
@@ -12,6 +12,8 @@
 //! - `redis_down` (warning: hotline still serves from tier 1 and the database): Redis down for
 //!   at least `ALERT_REDIS_DOWN_S`.
 //! - `database_down` (critical): the database failing for at least `ALERT_HOLD_S`.
+//! - `instance_lost` (warning): an instance stopped beating without leaving; fires at once
+//!   and resolves when it beats again or is let go.
 //!
 //! Hold and resolve: a window condition must hold continuously for `ALERT_HOLD_S` before its
 //! alert fires (0: at once); the two "down" alerts carry their duration in their input and fire

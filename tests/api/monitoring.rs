@@ -50,12 +50,13 @@ const KINDS: [&str; 7] = [
     "greeting",
     "history",
 ];
-const ALERTS: [&str; 5] = [
+const ALERTS: [&str; 6] = [
     "cache_hit_rate_low",
     "response_time_high",
     "error_rate_high",
     "redis_down",
     "database_down",
+    "instance_lost",
 ];
 const INITIATION_ROUTE: &str = "/webhooks/elevenlabs/conversation-initiation";
 /// Every request a test makes to a monitoring endpoint must be answered within this.
