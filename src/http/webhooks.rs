@@ -513,19 +513,25 @@ async fn post_call(
     };
     let envelope = Body::parse(&bytes)?.into_map();
     let event_type = envelope.get("type").and_then(Value::as_str).unwrap_or("");
-    if let Some(calls) = &state.calls {
-        if let Some(work) = call_change(event_type, &envelope) {
+    // The call changes only with an event that is acknowledged: a refused one changes nothing.
+    let change = state.calls.clone().zip(call_change(event_type, &envelope));
+    if event_type != TRANSCRIPTION {
+        if let Some((calls, work)) = change {
             calls.queue(work);
         }
-    }
-    if event_type != TRANSCRIPTION {
         tracing::info!(event_type = %sanitize_label(event_type), "post-call event acknowledged and ignored");
         return Ok(acknowledge("ignored"));
     }
     // Applying and, failing that, spooling run on a task of their own: ElevenLabs sends each
     // event once, so a dropped connection must not stop it half-way.
     let task_state = state.clone();
-    let task = tokio::spawn(async move { apply_or_spool(&task_state, &envelope, bytes).await });
+    let task = tokio::spawn(async move {
+        let answer = apply_or_spool(&task_state, &envelope, bytes).await;
+        if let (Ok(_), Some((calls, work))) = (&answer, change) {
+            calls.queue(work);
+        }
+        answer
+    });
     task.await
         .unwrap_or_else(|e| Err(ApiError::Internal(format!("post-call task failed: {e}"))))
 }

@@ -230,6 +230,33 @@ async fn post_call_events_end_or_fail_the_call() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(get_call(&a, "CA-KEEP").await.unwrap()["status"], "active");
 
+    // Refused as invalid (no conversation id to record it by), nothing changes either. Two
+    // calls ended after it fence the writer: once the second has ended, whatever was queued
+    // before the first has been written.
+    let mut refused: Value = serde_json::from_str(&transcription(Some("CA-KEEP"), "")).unwrap();
+    refused["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("conversation_id");
+    let r = a
+        .post_call_signed(&refused.to_string(), ELEVENLABS_SECRET, 0)
+        .await;
+    assert_eq!(r.status(), 422);
+    for (sid, conversation) in [("CA-FENCE-1", "conv_5"), ("CA-FENCE-2", "conv_6")] {
+        ring(&a, sid).await;
+        call_when(&a, sid, |_| true).await;
+        let r = a
+            .post_call_signed(
+                &transcription(Some(sid), conversation),
+                ELEVENLABS_SECRET,
+                0,
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        call_when(&a, sid, |c| c["status"] == "ended").await;
+    }
+    assert_eq!(get_call(&a, "CA-KEEP").await.unwrap()["status"], "active");
+
     let metrics = a.metrics_text().await;
     assert!(
         // CA-FAIL and CA-EARLY.
