@@ -84,24 +84,31 @@ async fn drain_command(args: crate::config::DrainArgs) -> anyhow::Result<()> {
         Ok(t) => t.expose().to_string(),
         Err(e) => e.exit(),
     };
+    let ack_within = Duration::from_secs(args.ack_timeout_s);
     let opts = DrainOptions {
         url: args.url.as_str().to_string(),
         admin_token: token,
-        ack_within: Duration::from_secs(args.ack_timeout_s),
-        request_timeout: Duration::from_secs(5),
+        ack_within,
+        request_timeout: ack_within.min(Duration::from_secs(5)),
     };
-    let d = drain::run(&opts)
-        .await
-        .map_err(|e| anyhow::anyhow!("drain failed: {e}"))?;
-    println!(
-        "drained `{}` (message {}): {}",
-        d.instance_id, d.message_id, d.detail
-    );
+    let drained = drain::run(&opts).await;
+    match &drained {
+        Ok(d) => println!(
+            "drained `{}` (message {}): {}",
+            d.instance_id, d.message_id, d.detail
+        ),
+        Err(_) if args.wait_s > 0 => println!("the drain failed (below)"),
+        Err(_) => {}
+    }
+    // Waited even when the drain failed: a stop hook's wait is also the time load balancers
+    // take to stop sending to an instance being removed, whatever its /healthz says.
     if args.wait_s > 0 {
         println!("waiting {} s for load balancers to notice", args.wait_s);
         tokio::time::sleep(Duration::from_secs(args.wait_s)).await;
     }
-    Ok(())
+    drained
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("drain failed: {e}"))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -296,11 +296,12 @@ pub struct DrainArgs {
     /// The instance's admin token (required).
     #[arg(long, env = "ADMIN_TOKEN", value_parser = parse_secret, hide_env_values = true)]
     pub admin_token: Option<Secret>,
-    /// Once the instance acked, wait this many seconds before exiting, so that load balancers
-    /// see /healthz fail before the instance is stopped.
+    /// Then wait this many seconds before exiting, so that load balancers see /healthz fail
+    /// before the instance is stopped (waited even when the drain failed).
     #[arg(long, env = "DRAIN_WAIT_S", default_value = "0", value_parser = parse_seconds)]
     pub wait_s: u64,
-    /// How long the instance may take to ack the drain, in seconds.
+    /// How long the whole drain (finding the instance, sending the message, its ack) may
+    /// take, in seconds.
     #[arg(long, env = "DRAIN_ACK_TIMEOUT_S", default_value = "10", value_parser = parse_positive)]
     pub ack_timeout_s: u64,
 }

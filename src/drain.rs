@@ -19,7 +19,8 @@ pub struct DrainOptions {
     /// Base URL of the instance, e.g. `http://127.0.0.1:8080`.
     pub url: String,
     pub admin_token: String,
-    /// How long the instance may take to ack the message.
+    /// How long the whole drain may take: finding the instance's id, sending the message and
+    /// waiting for its ack.
     pub ack_within: Duration,
     /// The bound on every single request.
     pub request_timeout: Duration,
@@ -47,14 +48,27 @@ pub async fn run(opts: &DrainOptions) -> Result<Drained, String> {
         base: opts.url.trim_end_matches('/').to_string(),
         token: &opts.admin_token,
     };
-    let me = d.own_id().await?;
-    let message_id = d.send_drain(&me).await?;
-    let detail = d.await_ack(&message_id, &me, opts.ack_within).await?;
-    Ok(Drained {
-        instance_id: me,
-        message_id,
-        detail,
-    })
+    let steps = async {
+        let me = d.own_id().await?;
+        let message_id = d.send_drain(&me).await?;
+        let detail = d.await_ack(&message_id, &me, opts.ack_within).await?;
+        Ok(Drained {
+            instance_id: me,
+            message_id,
+            detail,
+        })
+    };
+    // The whole drain, not each step, is bounded: a stop hook must leave the grace period to
+    // the wait and the shutdown that follow it.
+    tokio::time::timeout(opts.ack_within, steps)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "timed out after {} s without an ack from the instance at {}",
+                opts.ack_within.as_secs_f64(),
+                d.base
+            ))
+        })
 }
 
 struct Drainer<'a> {

@@ -149,4 +149,32 @@ async fn drain_fails_clearly_and_drains_nothing_without_the_right_token() {
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(run.stderr.contains("connection failed"), "{}", run.stderr);
     assert!(run.took < Duration::from_secs(10));
+
+    // A failed drain still waits --wait-s (as a stop hook, the load balancers need that time
+    // anyway), then exits 1.
+    let run = drain(
+        &["--url", &format!("http://{closed}"), "--wait-s", "1"],
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.took >= Duration::from_secs(1), "waited {:?}", run.took);
+
+    // An instance that accepts but never answers: the whole drain is bounded by
+    // --ack-timeout-s, and says so.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let run = drain(
+        &[
+            "--url",
+            &format!("http://{silent_addr}"),
+            "--ack-timeout-s",
+            "1",
+        ],
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    drop(silent);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("timed out"), "{}", run.stderr);
 }
