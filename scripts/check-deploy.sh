@@ -17,25 +17,9 @@ die() { say "$*" >&2; exit 1; }
 
 VENV=target/deploy-venv
 REQS=deploy/requirements.txt
-PYTHON=${PYTHON:-python3}
-
-command -v "$PYTHON" >/dev/null 2>&1 || die "needs $PYTHON (3.9 or later) on PATH"
 [ -f "$REQS" ] || die "missing $REQS"
-
-# The stamp records the pins the venv was installed from: different pins, a fresh venv.
-stamp="$VENV/.requirements"
-if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQS" "$stamp"; then
-  say "installing the validators into $VENV (pins from $REQS)"
-  rm -rf "$VENV"
-  mkdir -p target
-  "$PYTHON" -m venv "$VENV" || die "could not create a virtualenv in $VENV (python3-venv missing?)"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-    --require-virtualenv -r "$REQS" \
-    || die "pip could not install $REQS"
-  cp "$REQS" "$stamp"
-else
-  say "reusing $VENV"
-fi
+. scripts/venv.sh
+venv_with "$VENV" "$REQS" || die "no validators to check with"
 
 # The validators' own commands are in the venv's bin.
 PATH="$PWD/$VENV/bin:$PATH" "$VENV/bin/python" scripts/check_deploy.py

@@ -23,17 +23,16 @@ say() { printf 'fuzz.sh: %s\n' "$*" >&2; }
 
 admin_url="${HOTLINE_TEST_DATABASE_URL:-postgres://root@127.0.0.1:5432/postgres}"
 redis_url="${HOTLINE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
-database="hotline_fuzz"
+# A run of its own: its database, Redis keys and spool are made fresh and removed at the end,
+# so that nothing from an earlier (or a concurrent) run is read or fingerprinted.
+run_id=$(python3 -c 'import secrets; print(secrets.token_hex(4))')
+database="hotline_fuzz_${run_id}"
 database_url="${admin_url%/*}/${database}"
-prefix="hotline-fuzz-$$"
+prefix="hotline-fuzz-${run_id}"
 
 venv=target/fuzz-venv
-if [ ! -x "$venv/bin/schemathesis" ] || ! cmp -s scripts/fuzz/requirements.txt "$venv/requirements.txt"; then
-  say "installing schemathesis into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/fuzz/requirements.txt
-  cp scripts/fuzz/requirements.txt "$venv/requirements.txt"
-fi
+. scripts/venv.sh
+venv_with "$venv" scripts/fuzz/requirements.txt || { say "no schemathesis to fuzz with"; exit 1; }
 
 cargo build --release --locked --quiet
 psql "$admin_url" -q -v ON_ERROR_STOP=1 \
@@ -46,14 +45,20 @@ export ADMIN_TOKEN="$(python3 -c "import secrets; print(secrets.token_hex(16))")
 export WEBHOOK_SECRET="$(python3 -c "import secrets; print(secrets.token_hex(16))")"
 export ELEVENLABS_WEBHOOK_SECRET="$(python3 -c "import secrets; print(secrets.token_hex(16))")"
 export REDIS_KEY_PREFIX="$prefix"
+spool=$(mktemp -d)
 DATABASE_URL="$database_url" REDIS_URL="$redis_url" LISTEN_ADDR="127.0.0.1:${port}" \
-  RUST_LOG=warn target/release/hotline serve >"$log" 2>&1 &
+  SPOOL_DIR="$spool" RUST_LOG=warn target/release/hotline serve >"$log" 2>&1 &
 server=$!
 cleanup() {
   kill "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
+  redis-cli -u "$redis_url" --scan --pattern "${prefix}:*" 2>/dev/null |
+    xargs -r -n 500 redis-cli -u "$redis_url" unlink >/dev/null 2>&1 || true
+  psql "$admin_url" -q -c "DROP DATABASE IF EXISTS ${database} WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$spool"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 for _ in $(seq 1 150); do
   curl -fsS "$url/healthz" >/dev/null 2>&1 && break

@@ -81,7 +81,7 @@ def fingerprint():
             cur.execute(f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t.id), '')) FROM {table} t")
             digest.update(cur.fetchone()[0].encode())
     keys = sorted(
-        k for k in r.scan_iter(match=f"{PREFIX}*", count=1000) if any(p.encode() in k for p in KEPT)
+        k for k in r.scan_iter(match=f"{PREFIX}:*", count=1000) if any(p.encode() in k for p in KEPT)
     )
     for key in keys:
         kind = r.type(key)
