@@ -370,8 +370,19 @@ def check_dockerfile():
         cmds = [rest.strip() for op, rest in final if op == "CMD"]
         if not cmds or json.loads(cmds[-1]) != ["serve"]:
             problems.append('the final stage needs CMD ["serve"]')
-        if not any(op == "COPY" and rest.split()[-1] == "/usr/local/bin/hotline" for op, rest in final):
-            problems.append("the binary is not copied to /usr/local/bin/hotline")
+        # The earlier stages, by their `AS` names: the binary comes from one of them.
+        earlier = set()
+        for stage in stages[:-1]:
+            words = stage[0][1].split()
+            if len(words) == 3 and words[1].lower() == "as":
+                earlier.add(words[2])
+        if not any(
+            op == "COPY"
+            and rest.split()[-1] == "/usr/local/bin/hotline"
+            and any(w.startswith("--from=") and w[len("--from="):] in earlier for w in rest.split())
+            for op, rest in final
+        ):
+            problems.append("the binary is not copied from the build stage to /usr/local/bin/hotline")
         if not any(op == "EXPOSE" and "8080" in rest.split() for op, rest in final):
             problems.append("the final stage does not EXPOSE 8080")
     ignore = os.path.join(ROOT, ".dockerignore")
