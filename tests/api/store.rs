@@ -59,6 +59,7 @@ store_suite!(
     plain_sql_inserts_use_the_defaults,
     unicode_round_trips,
     json_round_trips,
+    json_numbers_round_trip_at_their_limits,
 );
 
 async fn postgres_db() -> TestDb {
@@ -1469,4 +1470,54 @@ async fn sqlite_in_memory_store_keeps_its_data() {
         store.delete_organization(org.id).await,
         "leads_organization_id_fkey",
     );
+}
+
+/// Every number JSON input can carry comes back as it went in, at the edges of f64 and of the
+/// integers: Postgres writes a jsonb number out in full (f64::MAX as 309 digits), and reading
+/// that back must give the same f64, not fail after the write committed.
+async fn json_numbers_round_trip_at_their_limits(_db: &TestDb, store: DynStore) {
+    let org = store.create_organization(new_org("Acme", 1)).await.unwrap();
+    let numbers = json!({
+        "max": f64::MAX,
+        "lowest": f64::MIN,
+        "smallest_normal": f64::MIN_POSITIVE,
+        "smallest": 5e-324,
+        "tiny": -1.757204179114208e-97,
+        "huge": 1.3744225705586883e149,
+        "tenth": 0.1,
+        "u64_max": u64::MAX,
+        "i64_min": i64::MIN,
+        "list": [f64::MAX, -f64::MAX, 1e308, 1e-308]
+    });
+    let lead = store
+        .create_lead(NewLead {
+            metadata: numbers.clone(),
+            ..new_lead(org.id, 10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(lead.metadata, numbers);
+    assert_eq!(store.lead(lead.id).await.unwrap().metadata, numbers);
+
+    let updated = store
+        .update_lead(
+            lead.id,
+            LeadPatch {
+                metadata: Some(json!({"again": numbers})),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .after;
+    assert_eq!(updated.metadata, json!({"again": numbers}));
+
+    let conversation = store
+        .create_conversation(NewConversation {
+            transcript: Some(numbers.clone()),
+            ..new_conversation(lead.id, Some(at(0)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(conversation.transcript, Some(numbers));
 }
