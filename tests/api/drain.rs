@@ -178,3 +178,57 @@ async fn drain_fails_clearly_and_drains_nothing_without_the_right_token() {
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(run.stderr.contains("timed out"), "{}", run.stderr);
 }
+
+/// An instance that answers every step of the drain, each just within the per-request timeout,
+/// but never acks: the steps together outlast `--ack-timeout-s`, and the whole drain is cut off
+/// at that bound (a preStop hook must leave the rest of the grace period to what follows it).
+#[tokio::test]
+async fn a_slow_instance_cannot_stretch_the_drain_past_its_bound() {
+    use axum::routing::get;
+    use axum::{Json, Router};
+
+    const STEP: Duration = Duration::from_millis(1200);
+    async fn slow(body: Value) -> Json<Value> {
+        tokio::time::sleep(STEP).await;
+        Json(body)
+    }
+    // A stand-in for a hotline under stress, not a route of hotline's API.
+    #[allow(clippy::disallowed_methods)]
+    let app = Router::new()
+        .route(
+            "/api/monitoring/instances",
+            get(|| slow(json!({"self": "slow-1", "instances": []}))),
+        )
+        .route(
+            "/api/admin/messages",
+            axum::routing::post(|| async {
+                tokio::time::sleep(STEP).await;
+                (
+                    axum::http::StatusCode::ACCEPTED,
+                    Json(json!({"id": "m-1", "expected": ["slow-1"]})),
+                )
+            }),
+        )
+        .route(
+            "/api/admin/messages/{id}",
+            get(|| slow(json!({"acks": {}, "missing": ["slow-1"]}))),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    // Each step (1.2 s) is within the per-request timeout (2 s); the three of them are not
+    // within the drain's 2 s.
+    let run = drain(&["--url", &base, "--ack-timeout-s", "2"], Some(ADMIN_TOKEN)).await;
+    server.abort();
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "timed out after 2 s without an ack from the instance at {base}"
+        )),
+        "{}",
+        run.stderr
+    );
+}
